@@ -1,0 +1,203 @@
+"""What every em-* tool shares: the CLI contract in one place.
+
+- stdout carries data only (paths, JSON); logs go to stderr through ``logging``.
+- Exit codes: 0 ok; 1 with exactly one line ``em-<tool>: error: <what>``; 2 usage (click);
+  130 on Ctrl-C (SIGINT), 143 on SIGTERM. ``--debug`` shows the traceback instead.
+- Shared option decorators (``-q/-v/--debug``, comma-triple types) so no tool copies them.
+
+This module must stay light: it is imported by tools that never load torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import click
+
+from emtools import __version__
+from emtools.errors import EmError
+
+T = TypeVar("T")
+log = logging.getLogger("emtools")
+
+
+class Terminated(BaseException):
+    """Raised from the SIGTERM handler so that ``finally`` blocks remove temporary files.
+
+    A BaseException (like KeyboardInterrupt) so that ``except Exception`` does not swallow it.
+    """
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised through subprocess tests
+    raise Terminated()
+
+
+def _setup_logging(tool: str, verbosity: int) -> None:
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{tool}: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def run_tool(tool: str, body: Callable[[], T], debug: bool) -> T:
+    """Run ``body`` under the CLI contract: map failures to one line on stderr and exit codes."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return body()
+    except EmError as exc:
+        if debug:
+            raise
+        click.echo(f"{tool}: error: {_one_line(exc)}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo(f"{tool}: error: interrupted", err=True)
+        sys.exit(130)
+    except Terminated:
+        click.echo(f"{tool}: error: terminated", err=True)
+        sys.exit(143)
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+        raise
+    except BrokenPipeError:
+        # Downstream closed the pipe (e.g. `| head`): not our failure, and nothing to report.
+        sys.stderr.close()
+        sys.exit(1)
+    except MemoryError:
+        if debug:
+            raise
+        click.echo(f"{tool}: error: out of memory (use smaller chunks)", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        if debug:
+            raise
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        reason = exc.strerror or str(exc)
+        click.echo(f"{tool}: error: {_one_line(reason)}{where}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # an unexpected failure still gets one line, not a traceback
+        if debug:
+            raise
+        click.echo(
+            f"{tool}: error: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(rerun with --debug for the traceback)",
+            err=True,
+        )
+        sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def contract(tool: str):
+    """Decorate a click command callback with ``-q/-v/--debug`` and the error contract.
+
+    The decorated callback does not receive ``quiet``/``verbose``/``debug``; logging is set up
+    before it runs. Use it directly under ``@click.command()``.
+    """
+
+    def decorate(func):
+        @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+        @click.option("-v", "--verbose", count=True, help="More detail on stderr (repeatable).")
+        @click.option("--debug", is_flag=True, help="Show the full traceback on failure.")
+        @functools.wraps(func)
+        def wrapper(*args, quiet: bool, verbose: int, debug: bool, **kwargs):
+            _setup_logging(tool, -1 if quiet else min(verbose, 1))
+            return run_tool(tool, lambda: func(*args, **kwargs), debug)
+
+        return wrapper
+
+    return decorate
+
+
+def version_option(tool: str):
+    return click.version_option(__version__, "--version", prog_name=tool, message="%(prog)s %(version)s")
+
+
+class IntTriple(click.ParamType):
+    """``z,y,x`` integers (a single integer means all three axes), e.g. ``--chunk 64,512,512``.
+
+    Only the syntax is checked here (exit 2 on bad syntax); ranges are the command's business,
+    so that out-of-range values get the one-line exit-1 error of the contract.
+    """
+
+    name = "Z,Y,X"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        try:
+            numbers = tuple(int(p) for p in parts)
+        except ValueError:
+            self.fail(f"{value!r} is not three comma-separated integers z,y,x (e.g. 64,512,512)", param, ctx)
+        if len(numbers) == 1:
+            numbers = numbers * 3
+        if len(numbers) != 3:
+            self.fail(f"{value!r} has {len(numbers)} values; expected z,y,x (e.g. 64,512,512)", param, ctx)
+        return numbers
+
+
+class FloatTriple(click.ParamType):
+    """``z,y,x`` numbers (a single number means all three axes), e.g. ``--voxel-size 40,4,4``."""
+
+    name = "Z,Y,X"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        try:
+            numbers = tuple(float(p) for p in parts)
+        except ValueError:
+            self.fail(f"{value!r} is not three comma-separated numbers z,y,x (e.g. 40,4,4)", param, ctx)
+        if len(numbers) == 1:
+            numbers = numbers * 3
+        if len(numbers) != 3:
+            self.fail(f"{value!r} has {len(numbers)} values; expected z,y,x (e.g. 40,4,4)", param, ctx)
+        return numbers
+
+
+INT_TRIPLE = IntTriple()
+FLOAT_TRIPLE = FloatTriple()
+
+
+def require_positive(name: str, values: Sequence[float], allow_zero: bool = False) -> None:
+    """One-line EmError when any of ``values`` is negative (or zero unless ``allow_zero``)."""
+    bad = [v for v in values if (v < 0 if allow_zero else v <= 0)]
+    if bad:
+        what = "negative" if allow_zero else "zero or negative"
+        raise EmError(f"{name} {','.join(str(v) for v in values)} has {what} values")
+
+
+def expand_stdin_specs(specs: Iterable[str]) -> list[str]:
+    """Replace each ``-`` with the non-empty lines of stdin (one spec per line)."""
+    out: list[str] = []
+    for spec in specs:
+        if spec == "-":
+            out.extend(line.strip() for line in sys.stdin if line.strip())
+        else:
+            out.append(spec)
+    return out
+
+
+def progress(items: Sequence[T], label: str, quiet: bool = False) -> Iterator[T]:
+    """Iterate with a progress bar on stderr only when stderr is a terminal."""
+    if quiet or not sys.stderr.isatty() or log.level > logging.INFO:
+        yield from items
+        return
+    with click.progressbar(items, label=label, file=sys.stderr) as bar:
+        yield from bar
+
+
+def emit(line: str) -> None:
+    """Write one line of data to stdout (and flush, so pipelines see it at once)."""
+    click.echo(line)
+    sys.stdout.flush()

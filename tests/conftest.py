@@ -1,0 +1,57 @@
+"""Shared test helpers: run a tool as a user would, and find the real data in ../shared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def tool_command(tool: str) -> list[str]:
+    """The command line that runs ``em-<tool>``: the installed script, else its module."""
+    script = Path(sys.executable).parent / f"em-{tool}"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", f"emtools.cli.{tool}"]
+
+
+def run_tool(tool: str, *args: str, stdin: str | None = None, cwd=None, env=None, timeout=600):
+    """Run ``em-<tool> ARGS`` in a subprocess; returns the CompletedProcess (text mode)."""
+    full_env = dict(os.environ)
+    full_env.setdefault("OMP_NUM_THREADS", "1")
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        tool_command(tool) + [str(a) for a in args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result, tool: str, *fragments: str) -> None:
+    """Exit 1, nothing on stdout, exactly one stderr line ``em-<tool>: error: ...`` with fragments."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"em-{tool}: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (needs ../shared/data beside the checkout)")
+    return path
