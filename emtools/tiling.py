@@ -191,8 +191,9 @@ def blend_weights(read: Box, responsible: Box, mode: str, floor: float = 1e-3) -
                 w = np.minimum(w, (pos + 0.5) / (2 * low_halo))
             if high_halo > 0:
                 w = np.minimum(w, (n - pos - 0.5) / (2 * high_halo))
-        profiles.append(np.maximum(w, floor).astype(np.float32))
-    return profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
+        profiles.append(w.astype(np.float32))
+    weights = profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
+    return np.maximum(weights, np.float32(floor))
 
 
 def neighbours(target: Box, candidates: Iterable[tuple[Box, object]]) -> list[tuple[Box, object]]:

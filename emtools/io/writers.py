@@ -1,0 +1,256 @@
+"""Atomic writers: a temporary file in the destination folder, renamed into place on success."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import secrets
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from emtools.errors import EmError
+from emtools.meta import Metadata
+from emtools.tiling import Box
+
+from emtools.io.encoding import tiff_description, meta_to_attrs
+from emtools.io.specs import (
+    TMP_MARK,
+    COMPRESSIONS,
+    DEFAULT_DATASET,
+    fmt_shape,
+    check_output_path,
+    output_file,
+    output_format,
+    split_h5_spec,
+)
+
+log = logging.getLogger("emtools")
+
+
+def _remove_stale_temps(path: str) -> None:
+    """Delete temporaries left by killed runs for this output (their process no longer exists)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}{TMP_MARK}"
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            if not entry.startswith(prefix):
+                continue
+            pid = entry[len(prefix) :].split("-")[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, entry))
+                    log.debug("removed stale temporary %s", entry)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _h5_chunks(shape: Sequence[int], chunks_zyx: Sequence[int] | None) -> tuple[int, ...]:
+    spatial = chunks_zyx or (32, 128, 128)
+    zyx = tuple(max(1, min(c, s)) for c, s in zip(spatial, shape[-3:]))
+    return ((1,) + zyx) if len(shape) == 4 else zyx
+
+
+def parse_compression(text: str) -> tuple[str, int | None]:
+    """``gzip``, ``gzip:6``, ``lzf`` or ``none`` -> (name, level)."""
+    name, _, level = text.partition(":")
+    name = name.lower()
+    if name not in COMPRESSIONS:
+        raise EmError(f"unknown compression {text!r}; choose gzip[:LEVEL], lzf or none")
+    if level:
+        if name != "gzip" or not level.isdigit() or not 0 <= int(level) <= 9:
+            raise EmError(f"bad compression level in {text!r}; gzip takes 0-9")
+        return name, int(level)
+    return name, (1 if name == "gzip" else None)
+
+
+class VolumeWriter:
+    """Write a volume region by region into a temporary file; rename it into place on success.
+
+    ``with VolumeWriter("out.h5:/main", shape, dtype, meta) as w: w.write(box, data)``.
+    HDF5 takes regions in any order. TIFF takes them in any order too, but keeps incomplete
+    sections in memory until they are whole and all earlier sections are written, so write
+    TIFFs in z order (then memory stays one z-row of chunks).
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        shape: Sequence[int],
+        dtype,
+        meta: Metadata,
+        compression: str = "gzip",
+        chunks_zyx: Sequence[int] | None = None,
+    ):
+        self.spec = spec
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.meta = meta
+        self.format = output_format(spec)
+        self.path = output_file(spec)
+        self.dataset = DEFAULT_DATASET
+        if self.format == "h5":
+            self.dataset = (split_h5_spec(spec)[1] or DEFAULT_DATASET).lstrip("/") or DEFAULT_DATASET
+        self.compression = parse_compression(compression)
+        self.chunks_zyx = chunks_zyx
+        if len(self.shape) not in (3, 4):
+            raise EmError(f"cannot write a {len(self.shape)}D array to {spec}; need (z,y,x) or (c,z,y,x)")
+        if 0 in self.shape:
+            raise EmError(f"refusing to write an empty volume (shape {fmt_shape(self.shape)}) to {spec}")
+        if self.dtype == np.bool_:
+            self.dtype = np.dtype(np.uint8)
+        check_output_path(self.path)
+        self._tmp: str | None = None
+
+    # -- context management: the rename happens only on a clean exit
+    def __enter__(self):
+        _remove_stale_temps(self.path)
+        folder, name = os.path.split(os.path.abspath(self.path))
+        self._tmp = os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            self._open()
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self._finish()
+                os.replace(self._tmp, self.path)
+                self._tmp = None
+            except BaseException:
+                self._discard()
+                raise
+        else:
+            self._discard()
+        return False
+
+    def _discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close_handles()
+        if self._tmp:
+            with contextlib.suppress(OSError):
+                os.remove(self._tmp)
+            self._tmp = None
+
+    # -- format specifics
+    def _open(self) -> None:
+        if self.format == "h5":
+            import h5py
+
+            self._h5 = h5py.File(self._tmp, "w", libver="earliest", track_order=False)
+            name, level = self.compression
+            kwargs = {}
+            if name != "none":
+                kwargs = {"compression": name, "compression_opts": level}
+            self._ds = self._h5.create_dataset(
+                self.dataset,
+                shape=self.shape,
+                dtype=self.dtype,
+                chunks=_h5_chunks(self.shape, self.chunks_zyx),
+                track_times=False,
+                fillvalue=0,
+                **kwargs,
+            )
+            for key, value in meta_to_attrs(self.meta).items():
+                self._ds.attrs[key] = value
+        else:
+            import tifffile
+
+            self._tiff = tifffile.TiffWriter(self._tmp, bigtiff=self._nbytes() > 2**31)
+            self._pages: dict[int, np.ndarray] = {}
+            self._filled: collections.Counter[int] = collections.Counter()
+            self._next_page = 0
+
+    def _nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def write(self, box: Box, data: np.ndarray) -> None:
+        """Write ``data`` at ``box`` (local voxel coordinates of the output, z,y,x)."""
+        expected = (self.shape[:1] if len(self.shape) == 4 else ()) + box.shape
+        if tuple(data.shape) != expected:
+            raise EmError(f"internal: data of shape {fmt_shape(data.shape)} for region {box.text()}")
+        data = np.asarray(data).astype(self.dtype, copy=False)
+        if self.format == "h5":
+            sl = tuple(slice(b, e) for b, e in zip(box.begin, box.end))
+            self._ds[((slice(None),) + sl) if len(self.shape) == 4 else sl] = data
+            return
+        self._tiff_write(box, data)
+
+    def _tiff_write(self, box: Box, data: np.ndarray) -> None:
+        depth = self.shape[-3]
+        channels = self.shape[0] if len(self.shape) == 4 else 1
+        data = data.reshape((channels,) + box.shape)
+        plane = self.shape[-2] * self.shape[-1]
+        for c in range(channels):
+            for i, z in enumerate(range(box.begin[0], box.end[0])):
+                page = c * depth + z
+                if page not in self._pages:
+                    self._pages[page] = np.zeros(self.shape[-2:], dtype=self.dtype)
+                self._pages[page][box.begin[1] : box.end[1], box.begin[2] : box.end[2]] = data[c, i]
+                self._filled[page] += box.shape[1] * box.shape[2]
+        # Flush whole pages in order (a page is whole when every voxel was written once).
+        total = channels * depth
+        while self._next_page < total and self._filled.get(self._next_page, 0) >= plane:
+            self._write_page(self._pages.pop(self._next_page))
+            del self._filled[self._next_page]
+            self._next_page += 1
+
+    def _write_page(self, page: np.ndarray) -> None:
+        kwargs = {"description": tiff_description(self.meta, self.shape)} if self._next_page == 0 else {}
+        name, level = self.compression
+        if name == "gzip":  # TIFF's deflate is the same codec as HDF5's gzip
+            kwargs.update(compression="zlib", compressionargs={"level": level})
+        elif name == "lzf":
+            raise EmError("lzf compression exists only for HDF5; use gzip or none for TIFF")
+        self._tiff.write(page, contiguous=False, metadata=None, software="emtools", **kwargs)
+
+    def _finish(self) -> None:
+        if self.format == "h5":
+            self._h5.close()
+            return
+        total = (self.shape[0] if len(self.shape) == 4 else 1) * self.shape[-3]
+        while self._next_page < total:  # regions never written are zeros (fill value), as in HDF5
+            page = self._pages.pop(self._next_page, None)
+            self._write_page(page if page is not None else np.zeros(self.shape[-2:], dtype=self.dtype))
+            self._next_page += 1
+        self._tiff.close()
+
+    def _close_handles(self) -> None:
+        if self.format == "h5":
+            self._h5.close()
+        else:
+            self._tiff.close()
+
+def write_volume(spec: str, data: np.ndarray, meta: Metadata, compression: str = "gzip", chunks_zyx=None) -> str:
+    """Write a whole array atomically; returns the path written."""
+    with VolumeWriter(spec, data.shape, data.dtype, meta, compression, chunks_zyx) as writer:
+        writer.write(Box.from_shape(data.shape[-3:]), data)
+    return writer.path
+
+
+@contextlib.contextmanager
+def atomic_text(path: str) -> Iterator:
+    """Open a text file for writing that appears at ``path`` only if the block succeeds."""
+    check_output_path(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w") as handle:
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
