@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sys
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
@@ -49,6 +50,16 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code``; skip interpreter clean-up when HDF5 is in a state that crashes it."""
+    writers = sys.modules.get("emtools.io.writers")
+    if writers is not None and getattr(writers, "hdf5_unstable", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def run_tool(tool: str, body: Callable[[], T], debug: bool) -> T:
     """Run ``body`` under the CLI contract: map failures to one line on stderr and exit codes."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -58,13 +69,13 @@ def run_tool(tool: str, body: Callable[[], T], debug: bool) -> T:
         if debug:
             raise
         click.echo(f"{tool}: error: {_one_line(exc)}", err=True)
-        sys.exit(1)
+        _exit(1)
     except KeyboardInterrupt:
         click.echo(f"{tool}: error: interrupted", err=True)
-        sys.exit(130)
+        _exit(130)
     except Terminated:
         click.echo(f"{tool}: error: terminated", err=True)
-        sys.exit(143)
+        _exit(143)
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
         raise
     except BrokenPipeError:
@@ -75,14 +86,14 @@ def run_tool(tool: str, body: Callable[[], T], debug: bool) -> T:
         if debug:
             raise
         click.echo(f"{tool}: error: out of memory (use smaller chunks)", err=True)
-        sys.exit(1)
+        _exit(1)
     except OSError as exc:
         if debug:
             raise
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         reason = exc.strerror or str(exc)
         click.echo(f"{tool}: error: {_one_line(reason)}{where}", err=True)
-        sys.exit(1)
+        _exit(1)
     except Exception as exc:  # an unexpected failure still gets one line, not a traceback
         if debug:
             raise
@@ -91,7 +102,7 @@ def run_tool(tool: str, body: Callable[[], T], debug: bool) -> T:
             "(rerun with --debug for the traceback)",
             err=True,
         )
-        sys.exit(1)
+        _exit(1)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -102,6 +102,8 @@ def split(volume, out_dir, chunk_zyx, halo_zyx, fmt, prefix, list_only, skip_exi
     io.parse_compression(compression)
     if fmt == "tif" and compression.startswith("lzf"):
         raise EmError("lzf compression exists only for HDF5; use gzip or none for TIFF chunks")
+    if not list_only:
+        _check_folder(out_dir)
     with io.open_volume(volume, voxel_size_nm=voxel_size_nm, offset_nm=offset_nm) as source:
         _warn_missing_voxel_size(source, voxel_size_nm)
         chunks = plan_chunks(source.box, chunk_zyx, halo_zyx)
@@ -128,7 +130,8 @@ def split(volume, out_dir, chunk_zyx, halo_zyx, fmt, prefix, list_only, skip_exi
             emit(path)
 
 
-def _prepare_folder(out_dir: str) -> None:
+def _check_folder(out_dir: str) -> None:
+    """One-line errors for a chunk folder that cannot be used, before any work is done."""
     if os.path.isdir(out_dir):
         if not os.access(out_dir, os.W_OK):
             raise EmError(f"output folder is not writable: {out_dir}")
@@ -138,7 +141,14 @@ def _prepare_folder(out_dir: str) -> None:
     parent = os.path.dirname(os.path.abspath(out_dir))
     if not os.path.isdir(parent):
         raise EmError(f"output folder's parent does not exist: {os.path.dirname(out_dir.rstrip('/')) or '.'}")
-    os.mkdir(out_dir)
+    if not os.access(parent, os.W_OK):
+        raise EmError(f"cannot create the output folder in {parent}: not writable")
+
+
+def _prepare_folder(out_dir: str) -> None:
+    _check_folder(out_dir)
+    if not os.path.isdir(out_dir):
+        os.mkdir(out_dir)
 
 
 @main.command()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
+import re
 import logging
 import os
 import secrets
@@ -24,10 +26,29 @@ from emtools.io.specs import (
     check_output_path,
     output_file,
     output_format,
+    short_reason,
     split_h5_spec,
 )
 
 log = logging.getLogger("emtools")
+
+# HDF5 crashes the process (SIGSEGV at exit) after a failed flush, e.g. on a full disk. Once that
+# happened, the CLI ends with os._exit after its one-line error instead of a normal exit.
+hdf5_unstable = False
+
+
+def storage_error(path: str, exc: BaseException) -> EmError:
+    """One line for a failed write: the OS reason where the storage layer tells it."""
+    text = " ".join(str(exc).split())
+    number = getattr(exc, "errno", None)
+    match = re.search(r"errno = (\d+)", text)
+    if match:
+        number = int(match.group(1))
+    if number is not None and number in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS):
+        reason = os.strerror(number).lower()
+    else:
+        reason = short_reason(exc)
+    return EmError(f"cannot write {path}: {reason}")
 
 
 def _remove_stale_temps(path: str) -> None:
@@ -130,16 +151,28 @@ class VolumeWriter:
                 self._finish()
                 os.replace(self._tmp, self.path)
                 self._tmp = None
+            except (OSError, RuntimeError) as error:
+                self._discard(closed=True)
+                raise storage_error(self.path, error) from error
             except BaseException:
-                self._discard()
+                self._discard(closed=True)
                 raise
         else:
             self._discard()
+            if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, EmError):
+                raise storage_error(self.path, exc) from exc
         return False
 
-    def _discard(self) -> None:
-        with contextlib.suppress(Exception):
-            self._close_handles()
+    def _discard(self, closed: bool = False) -> None:
+        """Drop the temporary file; ``closed`` means a close was tried already and failed."""
+        global hdf5_unstable
+        try:
+            if not closed:
+                self._close_handles()
+            elif self.format == "h5":
+                hdf5_unstable = True  # never close a failed HDF5 file twice: it crashes
+        except Exception:
+            hdf5_unstable = hdf5_unstable or self.format == "h5"
         if self._tmp:
             with contextlib.suppress(OSError):
                 os.remove(self._tmp)
@@ -219,6 +252,7 @@ class VolumeWriter:
 
     def _finish(self) -> None:
         if self.format == "h5":
+            self._h5.flush()  # a failed flush still lets the file close cleanly, unlike close()
             self._h5.close()
             return
         total = (self.shape[0] if len(self.shape) == 4 else 1) * self.shape[-3]
