@@ -169,7 +169,7 @@ def resolve_blend(mode: str, dtype: np.dtype) -> str:
 class _SourceCache:
     """A few chunk files kept open, so a tile's neighbours are not reopened for every read."""
 
-    def __init__(self, size: int = 32):
+    def __init__(self, size: int):
         self.size = size
         self._open: collections.OrderedDict[str, io.VolumeSource] = collections.OrderedDict()
 
@@ -251,7 +251,8 @@ def merge_chunks(
         meta = meta.with_record(record)
     tiles = [(i.responsible.intersect(volume), i) for i in infos] + [(box, None) for box in unclaimed]
     tiles = sorted((t for t in tiles if t[0] is not None), key=lambda t: t[0].begin)  # z-major for TIFF
-    sources = _SourceCache()
+    # Each open HDF5 file holds MiBs of library caches: keep only what the next tiles reuse.
+    sources = _SourceCache(1 if mode == "none" else 8)
     neighbours = _Neighbours(infos)
     channel_shape = () if first.channels is None else (first.channels,)
     try:
@@ -271,22 +272,24 @@ def merge_chunks(
 
 def _blend_tile(tile, neighbours, sources, mode, channel_shape, dtype, fill) -> np.ndarray:
     # float64 accumulation: a voxel seen by one chunk comes back bit-exact ((w*v)/w == v).
+    # Weights are computed for the overlapping part only, so memory stays a few tile-sized arrays.
     acc = np.zeros(channel_shape + tile.shape, dtype=np.float64)
     weight_sum = np.zeros(tile.shape, dtype=np.float64)
     for index in neighbours.overlapping(tile):
         info = neighbours.infos[index]
         part = info.read.intersect(tile)
-        in_chunk = info.read.local(part)
-        weights = blend_weights(info.read, info.responsible, mode)[in_chunk].astype(np.float64)
+        weights = blend_weights(info.read, info.responsible, mode, part=part, dtype=np.float64)
         values = sources.get(info.spec).read(part.shift(tuple(-b for b in info.read.begin)))
-        in_tile = (Ellipsis,) + tile.local(part)
-        acc[in_tile] += weights * values
-        weight_sum[tile.local(part)] += weights
+        in_tile = tile.local(part)
+        region = acc[(Ellipsis,) + in_tile]
+        region += weights * values
+        weight_sum[in_tile] += weights
+        del values, region
     covered = weight_sum > 0
-    out = np.divide(acc, weight_sum, out=np.zeros_like(acc), where=covered)
+    np.divide(acc, weight_sum, out=acc, where=covered)
     if fill is not None and not covered.all():
-        out[..., ~covered] = fill
-    return out.astype(dtype)
+        acc[..., ~covered] = fill
+    return acc.astype(dtype)
 
 
 def _merged_metadata(chunk_meta: Metadata, volume: Box) -> Metadata:

@@ -164,16 +164,8 @@ def first_overlap(regions: Sequence[Box]) -> tuple[Box, Box] | None:
 BLEND_MODES = ("linear", "gaussian")
 
 
-def blend_weights(read: Box, responsible: Box, mode: str, floor: float = 1e-3) -> np.ndarray:
-    """Weights (float32, shape of ``read``) for blending one chunk's values into its neighbours'.
-
-    ``linear``: on each side with a halo ``h``, the weight ramps over the ``2h`` voxels that the
-    two neighbouring read regions share, so that two neighbours' weights sum to 1 there (a
-    partition of unity for chunks from :func:`plan_chunks`). Sides without a halo (the volume
-    border) keep weight 1. ``gaussian``: a separable Gaussian centred on the read region with
-    sigma = 1/8 of its size per axis, as nnU-Net and PyTorch Connectomics do. Weights never fall
-    below ``floor`` so every voxel has a defined weighted mean.
-    """
+def blend_profiles(read: Box, responsible: Box, mode: str) -> list[np.ndarray]:
+    """The three 1D weight profiles (z, y, x) whose outer product is :func:`blend_weights`."""
     if mode not in BLEND_MODES:
         raise EmError(f"unknown blend mode {mode!r}; choose one of {', '.join(BLEND_MODES)}")
     profiles = []
@@ -191,9 +183,29 @@ def blend_weights(read: Box, responsible: Box, mode: str, floor: float = 1e-3) -
                 w = np.minimum(w, (pos + 0.5) / (2 * low_halo))
             if high_halo > 0:
                 w = np.minimum(w, (n - pos - 0.5) / (2 * high_halo))
-        profiles.append(w.astype(np.float32))
+        profiles.append(w)
+    return profiles
+
+
+def blend_weights(
+    read: Box, responsible: Box, mode: str, part: Box | None = None, floor: float = 1e-3, dtype=np.float32
+) -> np.ndarray:
+    """Weights for blending one chunk's values into its neighbours' (shape of ``part`` or ``read``).
+
+    ``linear``: on each side with a halo ``h``, the weight ramps over the ``2h`` voxels that the
+    two neighbouring read regions share, so that two neighbours' weights sum to 1 there (a
+    partition of unity for chunks from :func:`plan_chunks`). Sides without a halo (the volume
+    border) keep weight 1. ``gaussian``: a separable Gaussian centred on the read region with
+    sigma = 1/8 of its size per axis, as nnU-Net and PyTorch Connectomics do. Weights never fall
+    below ``floor`` so every voxel has a defined weighted mean. ``part`` (global voxels, inside
+    ``read``) computes only that part, without the full array.
+    """
+    profiles = blend_profiles(read, responsible, mode)
+    if part is not None:
+        profiles = [p[sl] for p, sl in zip(profiles, read.local(part))]
+    profiles = [p.astype(dtype) for p in profiles]
     weights = profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
-    return np.maximum(weights, np.float32(floor))
+    return np.maximum(weights, dtype(floor))
 
 
 def neighbours(target: Box, candidates: Iterable[tuple[Box, object]]) -> list[tuple[Box, object]]:
