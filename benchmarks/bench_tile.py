@@ -58,22 +58,29 @@ def make_volume(path: str, shape: tuple[int, int, int]) -> None:
             writer.write(Box((z0, 0, 0), (z1,) + shape[1:]), slab)
 
 
+# A small launcher forks the measured command: a child's peak RSS (ru_maxrss) starts from its
+# parent's RSS at fork time, so forking straight from this (big) process would inflate it.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+sys.stderr.write("\\nmaxrss_kib=%d\\n" % usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_child(cmd: list[str], stdin: str | None = None) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and stdout of one command, run in a fresh small process."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    if stdin is not None:
-        proc.stdin.write(stdin.encode())
-        proc.stdin.close()
-    out = proc.stdout.read().decode()
-    err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER] + cmd, input=stdin, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_maxrss / 1024.0, out
+        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    maxrss_kib = int(proc.stderr.rsplit("maxrss_kib=", 1)[1].strip())
+    return wall, maxrss_kib / 1024.0, proc.stdout
 
 
 def em_tile() -> list[str]:

@@ -199,12 +199,12 @@ def expand_stdin_specs(specs: Iterable[str]) -> list[str]:
     return out
 
 
-def progress(items: Sequence[T], label: str, quiet: bool = False) -> Iterator[T]:
-    """Iterate with a progress bar on stderr only when stderr is a terminal."""
-    if quiet or not sys.stderr.isatty() or log.level > logging.INFO:
+def progress(items: Iterable[T], label: str, length: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar on stderr, only when stderr is a terminal and not ``-q``."""
+    if not sys.stderr.isatty() or log.level > logging.INFO:
         yield from items
         return
-    with click.progressbar(items, label=label, file=sys.stderr) as bar:
+    with click.progressbar(items, label=label, length=length, file=sys.stderr) as bar:
         yield from bar
 
 

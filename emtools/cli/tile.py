@@ -15,6 +15,7 @@ from emtools.cli.common import (
     emit,
     expand_stdin_specs,
     log,
+    progress,
     require_positive,
     version_option,
 )
@@ -126,7 +127,7 @@ def split(volume, out_dir, chunk_zyx, halo_zyx, fmt, prefix, list_only, skip_exi
             source, out_dir, chunk_zyx, halo_zyx, prefix=prefix, fmt=fmt, compression=compression,
             record=record, skip_existing=skip_existing,
         )
-        for path in written:
+        for path in progress(written, "split", length=len(chunks)):
             emit(path)
 
 
@@ -194,7 +195,9 @@ def merge(chunks, output, blend, fill, skip_existing, compression):
         shape = ((channels,) if channels else ()) + volume_box.shape
         return io.VolumeWriter(output, shape, dtype, meta, compression=compression)
 
-    path = merge_chunks(infos, writer_factory, blend=blend, fill=fill, record=record)
+    path = merge_chunks(
+        infos, writer_factory, blend=blend, fill=fill, record=record, progress=lambda tiles: progress(tiles, "merge")
+    )
     emit(path)
 
 
