@@ -169,15 +169,16 @@ def resolve_blend(mode: str, dtype: np.dtype) -> str:
 class _SourceCache:
     """A few chunk files kept open, so a tile's neighbours are not reopened for every read."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, cache_bytes: int | None = None):
         self.size = size
+        self.cache_bytes = cache_bytes
         self._open: collections.OrderedDict[str, io.VolumeSource] = collections.OrderedDict()
 
     def get(self, spec: str) -> io.VolumeSource:
         if spec in self._open:
             self._open.move_to_end(spec)
             return self._open[spec]
-        source = io.open_volume(spec)
+        source = io.open_volume(spec, cache_bytes=self.cache_bytes)
         self._open[spec] = source
         while len(self._open) > self.size:
             self._open.popitem(last=False)[1].close()
@@ -251,8 +252,9 @@ def merge_chunks(
         meta = meta.with_record(record)
     tiles = [(i.responsible.intersect(volume), i) for i in infos] + [(box, None) for box in unclaimed]
     tiles = sorted((t for t in tiles if t[0] is not None), key=lambda t: t[0].begin)  # z-major for TIFF
-    # Each open HDF5 file holds MiBs of library caches: keep only what the next tiles reuse.
-    sources = _SourceCache(1 if mode == "none" else 8)
+    # Blending reads parts of up to 27 neighbours per tile: keep them open (reopening costs
+    # milliseconds per read) but without HDF5's chunk cache, which would cost MiBs per file.
+    sources = _SourceCache(1, None) if mode == "none" else _SourceCache(27, cache_bytes=0)
     neighbours = _Neighbours(infos)
     channel_shape = () if first.channels is None else (first.channels,)
     try:

@@ -252,7 +252,7 @@ def test_disk_full_while_writing(tmp_path, volume):
 def _big_chunks(tmp_path):
     data = np.random.default_rng(2).random((32, 256, 256)).astype(np.float32)
     io.write_volume(str(tmp_path / "big.h5"), data, Metadata(), compression="none")
-    split = run_tool("tile", "split", tmp_path / "big.h5", "--chunk", "4,32,32", "--halo", "1,4,4", "-o", tmp_path / "c", "-q")
+    split = run_tool("tile", "split", tmp_path / "big.h5", "--chunk", "8,64,64", "--halo", "1,4,4", "-o", tmp_path / "c", "-q")
     return split.stdout.split()
 
 

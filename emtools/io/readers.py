@@ -73,12 +73,13 @@ class VolumeSource:
 
 
 class _H5Source(VolumeSource):
-    def __init__(self, spec: str, path: str, dataset: str | None):
+    def __init__(self, spec: str, path: str, dataset: str | None, cache_bytes: int | None = None):
         import h5py
 
         self.spec = spec
         try:
-            self._file = h5py.File(path, "r")
+            kwargs = {} if cache_bytes is None else {"rdcc_nbytes": int(cache_bytes)}
+            self._file = h5py.File(path, "r", **kwargs)
         except OSError as exc:
             raise EmError(f"not an HDF5 file, or corrupt/truncated: {path} ({short_reason(exc)})") from exc
         names = _list_datasets(self._file)
@@ -261,14 +262,18 @@ def open_volume(
     voxel_size_nm: Sequence[float] | None = None,
     offset_nm: Sequence[float] | None = None,
     require_3d: bool = True,
+    cache_bytes: int | None = None,
 ) -> VolumeSource:
     """Open a volume spec for reading (read-only), without loading it.
+
+    ``cache_bytes`` sets HDF5's chunk cache for this file (None: h5py's default, 1 MiB); a
+    reader that touches each region once and keeps many files open wants it small.
 
     ``voxel_size_nm``/``offset_nm`` override what the file says (or supply what it lacks).
     One-line :class:`EmError` for a missing file, an unknown format, a missing dataset, a file
     that is not what its name says, a 2D array, or an empty volume.
     """
-    source = _open_any(spec)
+    source = _open_any(spec, cache_bytes)
     try:
         if voxel_size_nm is not None or offset_nm is not None:
             source.meta = source.meta.replace(
@@ -291,14 +296,14 @@ def open_volume(
     return source
 
 
-def _open_any(spec: str) -> VolumeSource:
+def _open_any(spec: str, cache_bytes: int | None = None) -> VolumeSource:
     if not spec:
         raise EmError("empty volume spec; " + describe_formats())
     h5 = split_h5_spec(spec)
     if h5 is not None:
         path, dataset = h5
         _require_file(path)
-        return _H5Source(spec, path, dataset)
+        return _H5Source(spec, path, dataset, cache_bytes)
     if spec.lower().endswith(TIFF_SUFFIXES) and not is_glob(spec):
         _require_file(spec)
         return _TiffSource(spec, spec)

@@ -159,8 +159,6 @@ class VolumeWriter:
                 raise
         else:
             self._discard()
-            if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, EmError):
-                raise storage_error(self.path, exc) from exc
         return False
 
     def _discard(self, closed: bool = False) -> None:
@@ -216,11 +214,14 @@ class VolumeWriter:
         if tuple(data.shape) != expected:
             raise EmError(f"internal: data of shape {fmt_shape(data.shape)} for region {box.text()}")
         data = np.asarray(data).astype(self.dtype, copy=False)
-        if self.format == "h5":
-            sl = tuple(slice(b, e) for b, e in zip(box.begin, box.end))
-            self._ds[((slice(None),) + sl) if len(self.shape) == 4 else sl] = data
-            return
-        self._tiff_write(box, data)
+        try:
+            if self.format == "h5":
+                sl = tuple(slice(b, e) for b, e in zip(box.begin, box.end))
+                self._ds[((slice(None),) + sl) if len(self.shape) == 4 else sl] = data
+            else:
+                self._tiff_write(box, data)
+        except (OSError, RuntimeError) as error:  # the storage layer failed (disk full, I/O error)
+            raise storage_error(self.path, error) from error
 
     def _tiff_write(self, box: Box, data: np.ndarray) -> None:
         depth = self.shape[-3]
