@@ -19,22 +19,11 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import click
 
-from emtools import __version__
+from emtools import __version__, interrupt
 from emtools.errors import EmError
 
 T = TypeVar("T")
 log = logging.getLogger("emtools")
-
-
-class Terminated(BaseException):
-    """Raised from the SIGTERM handler so that ``finally`` blocks remove temporary files.
-
-    A BaseException (like KeyboardInterrupt) so that ``except Exception`` does not swallow it.
-    """
-
-
-def _on_sigterm(signum, frame):  # pragma: no cover - exercised through subprocess tests
-    raise Terminated()
 
 
 def _setup_logging(tool: str, verbosity: int) -> None:
@@ -62,20 +51,20 @@ def _exit(code: int) -> None:
 
 def run_tool(tool: str, body: Callable[[], T], debug: bool) -> T:
     """Run ``body`` under the CLI contract: map failures to one line on stderr and exit codes."""
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {sig: signal.signal(sig, interrupt.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return body()
+        result = body()
+        interrupt.check()  # a signal whose exception was swallowed still stops the run
+        return result
     except EmError as exc:
         if debug:
             raise
         click.echo(f"{tool}: error: {_one_line(exc)}", err=True)
         _exit(1)
-    except KeyboardInterrupt:
-        click.echo(f"{tool}: error: interrupted", err=True)
-        _exit(130)
-    except Terminated:
-        click.echo(f"{tool}: error: terminated", err=True)
-        _exit(143)
+    except (KeyboardInterrupt, interrupt.Interrupted) as exc:
+        terminated = getattr(exc, "signum", signal.SIGINT) == signal.SIGTERM
+        click.echo(f"{tool}: error: {'terminated' if terminated else 'interrupted'}", err=True)
+        _exit(143 if terminated else 130)
     except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
         raise
     except BrokenPipeError:
@@ -104,7 +93,8 @@ def run_tool(tool: str, body: Callable[[], T], debug: bool) -> T:
         )
         _exit(1)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def contract(tool: str):

@@ -13,6 +13,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from emtools import interrupt
 from emtools.errors import EmError
 from emtools.meta import Metadata
 from emtools.tiling import Box
@@ -148,7 +149,9 @@ class VolumeWriter:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             try:
+                interrupt.check()
                 self._finish()
+                interrupt.check()  # last chance: never rename a result into place after a signal
                 os.replace(self._tmp, self.path)
                 self._tmp = None
             except (OSError, RuntimeError) as error:
@@ -213,6 +216,7 @@ class VolumeWriter:
         expected = (self.shape[:1] if len(self.shape) == 4 else ()) + box.shape
         if tuple(data.shape) != expected:
             raise EmError(f"internal: data of shape {fmt_shape(data.shape)} for region {box.text()}")
+        interrupt.check()
         data = np.asarray(data).astype(self.dtype, copy=False)
         try:
             if self.format == "h5":
