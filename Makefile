@@ -16,7 +16,7 @@ BIN := $(VENV)/bin
 .PHONY: help install test bench man demo clean clean-demo clean-bench clean-venv
 
 help:
-	@echo "make install   create $(VENV) and install emtools with its test and plot extras"
+	@echo "make install   create $(VENV); install emtools with its test, plot and peers extras"
 	@echo "make test      run the test suite (real data in ../shared/data is used when present)"
 	@echo "make bench     run the benchmarks in benchmarks/ (speed and memory against peers)"
 	@echo "make man       regenerate man/ from the tools' --help"
@@ -28,7 +28,7 @@ install:
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned, so the range in setup.cfg does not pull a multi-GB CUDA build.
 	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test,plot]'
+	$(BIN)/python -m pip install -q -e '.[test,plot,peers]'
 	@echo "installed: source $(VENV)/bin/activate (or put $(abspath $(BIN)) on PATH)"
 
 test:
