@@ -47,3 +47,16 @@ def test_render_escapes_roff():
 
     page = render("em-x", tool)
     assert "\\&.dangerous" in page and "a\\-dash" in page and "\\\\back" in page
+
+
+@pytest.mark.parametrize("name,target", SCRIPTS)
+def test_checkout_wrapper_runs_each_tool(name, target):
+    """bin/em-<tool> runs the tool from a checkout, the same module the console script runs."""
+    import subprocess
+
+    wrapper = ROOT / "bin" / name
+    assert wrapper.exists() and wrapper.stat().st_mode & 0o111, f"{wrapper} is missing or not executable"
+    module = target.split(":")[0]
+    assert f"-m {module} " in wrapper.read_text()
+    done = subprocess.run([str(wrapper), "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().startswith(name)

@@ -310,4 +310,4 @@ def _cell(value):
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name=TOOL)
