@@ -1,0 +1,194 @@
+"""em-watershed as users run it: stdout, one-line errors, chunks, determinism, real data."""
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error, run_tool, shared_data
+from emtools import io
+from emtools.affinities import affinities_from_labels
+from emtools.meta import Metadata
+
+
+def run_inprocess(main, *args):
+    """Run a click command in this process (no interpreter start-up): returncode/stdout/stderr."""
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    result.returncode = result.exit_code
+    return result
+
+
+def watershed(*args):
+    from emtools.cli.watershed import main
+
+    return run_inprocess(main, *args)
+
+
+def _digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _cells(shape=(6, 40, 40), seed=0):
+    rng = np.random.default_rng(seed)
+    points = rng.random((10, 3)) * np.array(shape)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    labels = (np.argmin(((grid[..., None, :] - points) ** 2).sum(-1), -1) + 1).astype(np.uint64)
+    for axis in range(3):
+        diff = np.diff(labels, axis=axis) != 0
+        sl = [slice(None)] * 3
+        sl[axis] = slice(1, None)
+        labels[tuple(sl)][diff] = 0
+    return labels
+
+
+@pytest.fixture
+def affs(tmp_path):
+    labels = _cells()
+    values = affinities_from_labels(labels) * 0.9 + 0.05
+    spec = str(tmp_path / "affs.h5:/affs")
+    io.write_volume(spec, values.astype(np.float32), Metadata(axes="czyx", voxel_size_nm=(40, 4, 4)))
+    return spec, values
+
+
+def test_writes_fragments_and_prints_only_the_path(tmp_path, affs):
+    spec, _ = affs
+    out = tmp_path / "frags.h5"
+    result = run_tool("watershed", spec, "-o", f"{out}:/fragments")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{out}\n"
+    assert "fragments, responsible for 0:6,0:40,0:40" in result.stderr
+    labels, meta = io.read_volume(f"{out}:/fragments")
+    assert labels.dtype == np.uint64 and labels.max() >= 10
+    assert meta.voxel_size_nm == (40, 4, 4) and meta.attrs["fragment_count"] == labels.max()
+    assert meta.provenance[-1]["tool"] == "em-watershed"
+    assert meta.provenance[-1]["params"]["mode"] == "2d"  # auto: z voxels 10x the in-plane size
+
+
+def test_output_is_deterministic(tmp_path, affs):
+    spec, _ = affs
+    for name in ("a.h5", "b.h5"):
+        assert watershed(spec, "-o", tmp_path / name, "--mode", "3d", "-q").returncode == 0
+    assert _digest(tmp_path / "a.h5") == _digest(tmp_path / "b.h5")
+
+
+def test_boundary_map_and_inverted_interior_map_agree(tmp_path, affs):
+    _, values = affs
+    boundary = 1.0 - values.mean(axis=0)
+    io.write_volume(str(tmp_path / "b.h5"), boundary.astype(np.float32), Metadata(voxel_size_nm=(40, 4, 4)))
+    io.write_volume(str(tmp_path / "i.h5"), (1.0 - boundary).astype(np.float32), Metadata(voxel_size_nm=(40, 4, 4)))
+    for name, extra in (("b", []), ("i", ["--invert"])):
+        assert watershed(tmp_path / f"{name}.h5", "-o", tmp_path / f"{name}_out.h5", "-q", *extra).returncode == 0
+    a, _ = io.read_volume(str(tmp_path / "b_out.h5"))
+    b, _ = io.read_volume(str(tmp_path / "i_out.h5"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_chunk_output_covers_its_responsible_region(tmp_path, affs):
+    spec, _ = affs
+    split = run_tool("tile", "split", spec, "--chunk", "6,20,40", "--halo", "0,4,0", "-o", tmp_path / "c", "-q")
+    assert split.returncode == 0, split.stderr
+    first = split.stdout.split()[0]
+    result = watershed(first, "-o", tmp_path / "f.h5", "-q")
+    assert result.returncode == 0, result.stderr
+    labels, meta = io.read_volume(str(tmp_path / "f.h5"))
+    assert labels.shape == (6, 20, 40)
+    assert meta.attrs["responsible_begin_vx"] == [0, 0, 0] and meta.attrs["read_end_vx"] == [6, 20, 40]
+    assert sorted(np.unique(labels[labels != 0])) == list(range(1, int(labels.max()) + 1))
+
+
+def test_instance_mode(tmp_path):
+    z, y, x = np.ogrid[:12, :24, :40]
+    fg = (((z - 6) ** 2 + (y - 12) ** 2 + (x - 10) ** 2 <= 36) | ((z - 6) ** 2 + (y - 12) ** 2 + (x - 29) ** 2 <= 36))
+    contour = np.zeros(fg.shape, np.float32)
+    io.write_volume(str(tmp_path / "fg.h5"), fg.astype(np.float32), Metadata())
+    io.write_volume(str(tmp_path / "ct.h5"), contour, Metadata())
+    result = watershed(tmp_path / "fg.h5", "--instance", "bc", "--contour", tmp_path / "ct.h5",
+                       "--min-size", "20", "-o", tmp_path / "inst.h5", "-q")
+    assert result.returncode == 0, result.stderr
+    labels, _ = io.read_volume(str(tmp_path / "inst.h5"))
+    assert labels.max() == 2 and not labels[~fg].any()
+    bad = watershed(tmp_path / "fg.h5", "--instance", "bcd", "--contour", tmp_path / "ct.h5", "-o", tmp_path / "x.h5")
+    assert_one_line_error(bad, "watershed", "--distance")
+
+
+def _write(tmp_path, name, array, **meta):
+    spec = str(tmp_path / f"{name}.h5:/data")
+    io.write_volume(spec, array, Metadata(**meta))
+    return spec
+
+
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda: (np.full((2, 4, 5, 6), 0.5, np.float32), {"axes": "czyx"}), "has 2 channels"),
+        (lambda: (np.full((4, 4, 5, 6), 0.5, np.float32), {"axes": "czyx"}), "affinity_offsets"),
+        (lambda: (np.full((4, 4, 5, 6), 0.5, np.float32),
+                  {"axes": "czyx", "attrs": {"affinity_offsets": [[0, 0, -1], [0, -1, 0], [-1, 0, 0], [-3, 0, 0]]}}),
+         "nearest neighbours"),
+        (lambda: (np.where(np.arange(120).reshape(1, 4, 5, 6) == 7, np.nan, 0.5).repeat(3, 0).astype(np.float32),
+                  {"axes": "czyx"}), "NaN"),
+        (lambda: (np.where(np.arange(120).reshape(1, 4, 5, 6) == 7, np.inf, 0.5).repeat(3, 0).astype(np.float32),
+                  {"axes": "czyx"}), "Inf"),
+        (lambda: (np.full((3, 4, 5, 6), 1.5, np.float32), {"axes": "czyx"}), "[0, 1]"),
+        (lambda: (np.full((3, 4, 5, 6), -0.5, np.float32), {"axes": "czyx"}), "[0, 1]"),
+        (lambda: (np.full((4, 5, 6), 7, np.int32), {}), "float32, float16 or uint8"),
+    ],
+)
+def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, make, fragment):
+    array, meta = make()
+    spec = _write(tmp_path, "in", array, **meta)
+    out = tmp_path / "out.h5"
+    result = watershed(spec, "-o", out)
+    assert_one_line_error(result, "watershed", fragment)
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.h5"]
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--threshold", "1.5"], "--threshold"),
+        (["--radius", "-1"], "--radius"),
+        (["--contour", "x.h5"], "--instance"),
+        (["--compression", "zip"], "compression"),
+    ],
+)
+def test_bad_options(tmp_path, affs, args, fragment):
+    spec, _ = affs
+    result = watershed(spec, "-o", tmp_path / "out.h5", *args)
+    assert_one_line_error(result, "watershed", fragment)
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_missing_input_and_help():
+    assert_one_line_error(run_tool("watershed", "nope.h5:/x", "-o", "/tmp/never.h5"), "watershed", "nope.h5")
+    helptext = run_tool("watershed", "--help")
+    assert helptext.returncode == 0 and "Examples:" in helptext.stdout
+
+
+def test_cli_modules_do_not_import_torch():
+    code = ("import sys, emtools.cli.watershed, emtools.cli.agglomerate, emtools.watershed, "
+            "emtools.agglomerate, emtools.stitch; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_gala_fragments_respect_the_ground_truth(tmp_path):
+    gala = shared_data("gala")
+    result = watershed(f"{gala}/train-p1.lzf.h5:stack", "--mode", "3d", "-o", tmp_path / "f.h5", "-q")
+    assert result.returncode == 0, result.stderr
+    frags, _ = io.read_volume(str(tmp_path / "f.h5"))
+    gt, _ = io.read_volume(f"{gala}/train-gt.lzf.h5:stack")
+    inside = gt != 0
+    # a fragment should lie within one neuron: the voxels outside its main neuron are few
+    pairs, counts = np.unique(np.stack([frags[inside], gt[inside]]), axis=1, return_counts=True)
+    main = {}
+    for (f, _), c in zip(pairs.T, counts):
+        main[f] = max(main.get(f, 0), c)
+    stray = inside.sum() - sum(main.values())
+    assert stray < 0.03 * inside.sum()
+    assert 100 < frags.max() < 2000
