@@ -1,0 +1,48 @@
+"""Segmentation models built from a small spec (see :mod:`emtools.models.spec`).
+
+    from emtools.models import build_model, resolve_spec, split_heads
+    spec = resolve_spec("rsunet-efficient", ["heads=affinity:3,foreground:1"])
+    model = build_model(spec, seed=0)          # input (N, 1, Z, Y, X) -> (N, 4, Z, Y, X)
+    outputs = split_heads(spec, model(x))      # {"affinity": ..., "foreground": ...}
+
+Models: ``rsunet`` (Lee et al. 2017), ``rsunet-efficient`` (strided entry conv, transposed output
+conv, FLOP-balanced widths), ``unet3d``, ``unet2d`` (per section). Checkpoints carry their spec:
+:func:`emtools.models.checkpoint.load_model` rebuilds a model from the file alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emtools.models.spec import PRESETS, ModelSpec, resolve_spec, spec_from_dict
+
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    import torch
+
+__all__ = ["PRESETS", "ModelSpec", "resolve_spec", "spec_from_dict", "build_model", "split_heads"]
+
+
+def build_model(spec: ModelSpec, seed: int | None = 0) -> "torch.nn.Module":
+    """The torch module for ``spec``, He-initialised from ``seed`` (None: torch's own init)."""
+    from emtools.models.layers import init_weights
+
+    if spec.arch == "rsunet":
+        from emtools.models.rsunet import RSUNet
+
+        model = RSUNet(spec)
+    else:
+        from emtools.models.unet import UNet
+
+        model = UNet(spec)
+    if seed is not None:
+        init_weights(model, seed)
+    return model
+
+
+def split_heads(spec: ModelSpec, output: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+    """Split a model output (N, sum of head channels, ...) into one tensor per head."""
+    out, start = {}, 0
+    for name, channels in spec.heads:
+        out[name] = output[:, start : start + channels]
+        start += channels
+    return out
