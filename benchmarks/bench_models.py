@@ -10,7 +10,7 @@ iterations are interleaved round-robin so that load from other processes hits al
 4. The baseline under that fastest option too (the fair comparison), unless --skip-baseline-best.
 5. Per-level convolution GFLOP/s of the efficient model as a share of the measured peak.
 
-Usage:  python benchmarks/bench_models.py [--input 18,160,160] [--repeat 5] [--json out.json]
+Usage:  python benchmarks/bench_models.py [--input 18,160,160] [--repeat 5] [--json out.json] [--out DIR] [--quick]
 
 Times are the minimum over the repeats (the JSON keeps every one): on a shared machine other
 processes only ever add time, so the minimum is the closest to the uncontended cost.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -101,11 +102,16 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write all figures to this JSON file")
+    parser.add_argument("--out", default=None, help="write bench_models.txt and .json to this folder (make bench)")
+    parser.add_argument("--quick", action="store_true", help="a small input (8,64,64) and 2 repeats, to check the script")
     parser.add_argument("--skip-baseline-best", action="store_true")
     parser.add_argument("--options", default=None, help="comma list of options for the efficient model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.quick:
+        args.input, args.repeat = "8,64,64", 2
+        args.options = args.options or "eager,channels_last"
     zyx = tuple(int(v) for v in args.input.split(","))
     shape = (1, 1, *zyx)
     device = torch.device("cpu")
@@ -175,14 +181,20 @@ def main() -> int:
     out["efficient_levels"] = level_rows
 
     # ---- report ----
+    lines: list[str] = []
+
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+
     base_s, base_f = eager["baseline"], flops["baseline"]["total"]
-    print(f"# bench_models: input {'x'.join(map(str, zyx))}, batch 1, fwd+bwd+Adam per iteration (min of {args.repeat}), "
+    emit(f"# bench_models: input {'x'.join(map(str, zyx))}, batch 1, fwd+bwd+Adam per iteration (min of {args.repeat}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"# measured peak {peak.flops_per_s / 1e9:.1f} GFLOP/s (conv3d {peak.conv_flops_per_s / 1e9:.1f}, "
+    emit(f"# measured peak {peak.flops_per_s / 1e9:.1f} GFLOP/s (conv3d {peak.conv_flops_per_s / 1e9:.1f}, "
           f"matmul {peak.matmul_flops_per_s / 1e9:.1f})")
-    print("# the paper's FLOPs are for its own input size; ours are at the input above, so absolute")
-    print("# FLOPs differ where the sizes differ; compare the ratios.")
-    print(f"{'variant':<42}{'GFLOP':>9}{'paper':>9}{'FLOP ratio':>12}{'paper':>8}"
+    emit("# the paper's FLOPs are for its own input size; ours are at the input above, so absolute")
+    emit("# FLOPs differ where the sizes differ; compare the ratios.")
+    emit(f"{'variant':<42}{'GFLOP':>9}{'paper':>9}{'FLOP ratio':>12}{'paper':>8}"
           f"{'s/iter':>9}{'speedup':>9}{'paper':>8}{'GFLOP/s':>9}{'of peak':>9}")
     paper_base = PAPER["baseline"]
 
@@ -192,7 +204,7 @@ def main() -> int:
         paper_gflop = f"{paper['gflop']:.1f}" if paper else ""
         paper_flop_ratio = f"{paper_base['gflop'] / paper['gflop']:.2f}" if paper else ""
         paper_speedup = f"{paper_base['seconds'] / paper['seconds']:.2f}" if paper else ""
-        print(f"{label:<42}{gflop:>9.1f}{paper_gflop:>9}{base_f / 1e9 / gflop:>12.2f}{paper_flop_ratio:>8}"
+        emit(f"{label:<42}{gflop:>9.1f}{paper_gflop:>9}{base_f / 1e9 / gflop:>12.2f}{paper_flop_ratio:>8}"
               f"{seconds:>9.2f}{base_s / seconds:>9.2f}{paper_speedup:>8}"
               f"{rate:>9.1f}{rate / (peak.flops_per_s / 1e9):>9.0%}")
 
@@ -203,27 +215,32 @@ def main() -> int:
         if r.status == "ok" and r.name != "eager":
             line(f"efficient {r.name}", eff_f, r.seconds, "tuned kernels" if r is best else "")
         elif r.status != "ok":
-            print(f"{'efficient ' + r.name:<42} unavailable: {r.reason}")
+            emit(f"{'efficient ' + r.name:<42} unavailable: {r.reason}")
     if "bf16_slowdown_one_conv" in out:
         probe = out["bf16_slowdown_one_conv"]
-        print(f"{'efficient bf16':<42} not run: no bf16 units on this CPU (one conv is "
+        emit(f"{'efficient bf16':<42} not run: no bf16 units on this CPU (one conv is "
               f"{probe:.0f}x slower in bf16)" if probe else f"{'efficient bf16':<42} not run: no bf16 units")
     if baseline_best and baseline_best.seconds:
-        print(f"{'baseline ' + baseline_best.name:<42}{base_f / 1e9:>9.1f}{'':>9}{1.0:>12.2f}{'':>8}"
+        emit(f"{'baseline ' + baseline_best.name:<42}{base_f / 1e9:>9.1f}{'':>9}{1.0:>12.2f}{'':>8}"
               f"{baseline_best.seconds:>9.2f}{base_s / baseline_best.seconds:>9.2f}")
     if best:
         speed = base_s / best.seconds
-        print(f"goal: efficient + best option ({best.name}) vs eager fp32 baseline: {speed:.2f}x "
+        emit(f"goal: efficient + best option ({best.name}) vs eager fp32 baseline: {speed:.2f}x "
               f"({'met' if speed >= 5 else 'NOT met'}: goal 5x; paper 0.71/0.13 = 5.5x)")
         if baseline_best and baseline_best.seconds:
-            print(f"same option on both: baseline {baseline_best.name} / efficient {best.name}: "
+            emit(f"same option on both: baseline {baseline_best.name} / efficient {best.name}: "
                   f"{baseline_best.seconds / best.seconds:.2f}x")
     for fmt_name in ("eager", "channels_last"):
         levels = level_rows[fmt_name]
-        print(f"efficient {fmt_name}: fwd+bwd {level_rows[fmt_name + '_gflops']:.1f} GFLOP/s overall = "
+        emit(f"efficient {fmt_name}: fwd+bwd {level_rows[fmt_name + '_gflops']:.1f} GFLOP/s overall = "
               f"{level_rows[fmt_name + '_gflops'] / (peak.flops_per_s / 1e9):.0%} of peak; conv share of peak "
               "per level: " + ", ".join(f"L{l['level']} {l['conv_peak_share'] or 0:.0%} ({l['flops_share']:.0%} FLOP)"
                                         for l in levels))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_models.txt"), "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        args.json = args.json or os.path.join(args.out, "bench_models.json")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(out, handle, indent=1, sort_keys=True, default=str)

@@ -1,5 +1,6 @@
 """The example pipeline runs as users run it: make in a fresh folder, then a second make does nothing."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,6 +54,10 @@ def test_example_pipeline_runs_and_a_second_make_does_nothing(tmp_path):
     first = subprocess.run(cmd, capture_output=True, text=True, env=_env())
     assert first.returncode == 0, first.stdout + first.stderr
     assert (tmp_path / "roundtrip.ok").exists()
+    # the chunked segmentation of the noisy affinities recovers the neurons
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["voi"] < 0.3 and scores["adapted_rand_error"] < 0.05, scores
+    assert len(list((tmp_path / "seg").glob("chunk_*.h5"))) == len(list((tmp_path / "affchunks").glob("chunk_*.h5"))) > 1
     second = subprocess.run(cmd + ["-q"], capture_output=True, text=True, env=_env())
     assert second.returncode == 0, "a second make would redo work"
     # a failing stage leaves no half-written target behind (.DELETE_ON_ERROR)
