@@ -293,3 +293,34 @@ def atomic_text(path: str) -> Iterator:
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary file name beside ``path``, renamed to ``path`` only if the block succeeds.
+
+    For writers that want a file name (Pillow, matplotlib, torch.save): an interrupted or failed
+    write leaves the old file or none, never a partial one.
+    """
+    check_output_path(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def write_png(path: str, image: np.ndarray) -> str:
+    """Write a (y, x) grey or (y, x, 3) RGB uint8 image as PNG, atomically; returns the path."""
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise EmError(f"a PNG needs a (y, x) or (y, x, 3) uint8 image, got {image.dtype} {image.shape}")
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return path
+
