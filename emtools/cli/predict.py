@@ -1,0 +1,518 @@
+"""em-predict: apply a trained model to volumes or chunks, blockwise, with blending and TTA."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+
+import click
+import numpy as np
+
+from emtools import io
+from emtools.cli.common import (
+    FLOAT_TRIPLE,
+    INT_TRIPLE,
+    contract,
+    emit,
+    expand_stdin_specs,
+    log,
+    progress,
+    require_positive,
+    version_option,
+)
+from emtools.errors import EmError
+from emtools.meta import Metadata, provenance_record
+from emtools.predict import BLENDS, OUTPUT_DTYPES, PRECISIONS, windows
+from emtools.predict.outputs import encode, output_axes, output_metadata, output_shape, output_specs
+from emtools.tiling import Box
+
+TOOL = "em-predict"
+
+HELP = """Apply the model in CHECKPOINT (from em-train) to each INPUT volume, or to chunk files
+from `em-tile split` (`-` reads specs from stdin, one per line); write one map per output head.
+
+\b
+How:
+  - The input is normalised as in training (the checkpoint's normalization) and cut into
+    patches on one grid anchored at the volume's first voxel (--patch, default the training
+    input size; --overlap between neighbours); patches run in batches (--batch).
+  - Each patch output loses --crop voxels at its border (auto: the model's receptive-field
+    margin, at most 1/8 of the patch; valid: the whole margin) and is blended with its
+    neighbours (--blend gaussian, bump or constant weights). Beyond the volume border the
+    input is mirrored, so every voxel is predicted.
+  - --tta N runs N of the 16 flips/transposes of each patch, transforms the outputs back
+    (affinity channels shifted and swapped to match) and combines them (--tta-reduce).
+  - Heads get their activation (sigmoid, tanh, softmax) and are written as float32,
+    float16 or uint8 (the head's value range mapped to 0..255, stored as value_range).
+  - Work goes block by block (--block) with the context each block needs, so memory stays
+    bounded; outputs are written region by region, atomically.
+
+A chunk is predicted over its whole file (the halo is context) and its maps keep the chunk's
+regions, for `em-tile merge` or em-watershed (which crops to the responsible region). The grid
+is global: with a halo of at least the context the model sees (logged with -v), chunk
+predictions equal a whole-volume prediction. Under torchrun, chunks are shared out across
+ranks (cuda:LOCAL_RANK each, or the CPU); a single volume's blocks are shared out and rank 0
+writes. The input's voxel size must match the training voxel size (--force overrides).
+
+-o is a template: {name} (the input file name without suffix) is needed for several inputs,
+{head} for several heads; a folder means FOLDER/{name}_{head}.h5. Paths written go to stdout.
+
+\b
+Examples:
+  em-predict model.pt raw.h5:/image -o affs.h5:/affs --heads affinity
+  em-predict model.pt raw.h5:/image -o 'pred_{head}.h5' --tta 8 --blend bump
+  em-predict model.pt raw.h5 --heads affinity --dtype uint8 -o affs.h5 && em-watershed affs.h5 -o frags.h5
+  em-tile split raw.h5 --chunk 64,512,512 --halo 8,64,64 -o chunks/ \\
+    | em-predict model.pt - -o pred/ --skip-existing
+  torchrun --standalone --nproc-per-node=4 -m emtools.cli.predict model.pt chunks/*.h5 -o pred/
+"""
+
+
+@click.command(help=HELP)
+@click.argument("checkpoint")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("-o", "--output", required=True,
+              help="Output template: file.h5[:/dataset] or file.tif with {name}/{head}, or a folder.")
+@click.option("--patch", "patch_zyx", type=INT_TRIPLE, default=None,
+              help="Patch size z,y,x (default: the training input size in the checkpoint).")
+@click.option("--overlap", default="0.5", show_default=True,
+              help="Overlap of neighbouring patch outputs: a fraction in [0, 1) (or z,y,x fractions), or z,y,x voxels.")
+@click.option("--crop", default="auto", show_default=True,
+              help="Voxels cut from each patch output's border: auto, valid (receptive field) or z,y,x.")
+@click.option("--blend", type=click.Choice(BLENDS), default="gaussian", show_default=True,
+              help="Weights of overlapping patch outputs.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Patches per forward pass.")
+@click.option("--tta", type=int, default=1, show_default=True,
+              help="Test-time augmentation variants: 1 (none) .. 16 (4: yx flips, 8: + transpose, 16: + z flip).")
+@click.option("--tta-reduce", default="mean", show_default=True,
+              help="Combine TTA variants by mean, min or max; per head as HEAD=MODE,... .")
+@click.option("--heads", "head_names", default=None, help="Heads to output, comma-separated (default: all).")
+@click.option("--channels", "channel_ranges", multiple=True, metavar="HEAD=A:B",
+              help="Only channels A..B-1 of a head (repeatable), e.g. affinity=0:3.")
+@click.option("--dtype", type=click.Choice(OUTPUT_DTYPES), default="float32", show_default=True,
+              help="Output type; uint8 maps the head's value range to 0..255.")
+@click.option("--block", "block_zyx", type=INT_TRIPLE, default="64,1024,1024", show_default=True,
+              help="Predict and write this many voxels z,y,x at a time (bounds memory).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="Autocast precision (bf16/fp16 on GPUs; bf16 on the CPU is very slow).")
+@click.option("--channels-last", is_flag=True, help="Channels-last 3D memory format (faster convolutions on some GPUs).")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (falls back with a warning).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@click.option("--normalization", default=None, metavar="SCALE,MEAN,STD",
+              help="Input normalisation (x*SCALE-MEAN)/STD, for checkpoints without one (or to override it).")
+@click.option("--voxel-size", "voxel_size_nm", type=FLOAT_TRIPLE, default=None,
+              help="Voxel size z,y,x in nm of the inputs (overrides the files').")
+@click.option("--force", is_flag=True, help="Predict even when the voxel size differs from (or lacks) the training one.")
+@click.option("--compression", default="gzip", show_default=True, help="gzip[:LEVEL], lzf (HDF5 only) or none.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs all exist (resume a batch).")
+@version_option(TOOL)
+@contract(TOOL)
+def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta, tta_reduce, head_names,
+         channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, device, threads,
+         normalization, voxel_size_nm, force, compression, skip_existing):
+    io.parse_compression(compression)
+    overlap_spec = windows.parse_overlap(overlap)
+    for name, value in (("--batch", batch), ("--threads", threads if threads is not None else 1)):
+        if value < 1:
+            raise EmError(f"{name} must be at least 1, got {value}")
+    require_positive("--block", block_zyx)
+    if voxel_size_nm is not None:
+        require_positive("--voxel-size", voxel_size_nm)
+    from emtools.predict import sharding
+
+    ranks = sharding.ranks_from_env()
+    if ranks.distributed and "-" in inputs:
+        raise EmError("under torchrun the ranks cannot share stdin: pass the inputs as arguments (e.g. chunks/*.h5)")
+    specs = expand_stdin_specs(inputs)
+    if not specs:
+        raise EmError("no inputs given (pass volume specs, or - to read them from stdin)")
+
+    import torch
+
+    from emtools.predict import engine
+    from emtools.predict.tta import variants
+
+    variants(tta)  # checks the count before the model loads
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = _load(checkpoint, patch_zyx, head_names, channel_ranges, tta_reduce, normalization)
+    crop_lo_hi = windows.resolve_crop(crop, model.patch_zyx, model.rf_lo, model.rf_hi)
+    grid = windows.make_grid(model.patch_zyx, crop_lo_hi, overlap_spec)
+    outputs = output_specs(output, specs, [s.name for s in model.selection])
+    new_folder = _new_folder(output)
+    _check_outputs(outputs, specs, checkpoint, new_folder)
+    jobs = [_inspect(spec, model, voxel_size_nm, force) for spec in specs]
+    _warn_context(jobs, grid, model)
+
+    dev = sharding.select_device(device, ranks.local_rank)
+    if precision == "bf16" and dev.type == "cpu":
+        log.warning("--precision bf16 on the CPU is much slower than fp32 (about 80x on some CPUs)")
+    predictor = engine.Predictor(
+        model.module, model.heads, grid, selection=model.selection, blend=blend, tta=tta,
+        tta_reduce=model.reduce, batch=batch, device=dev, precision=precision,
+        channels_last=channels_last, compile=compile_model,
+    )
+    settings = Settings(model, dtype, compression, block_zyx, voxel_size_nm, {
+        "checkpoint": checkpoint, "checkpoint_sha256": model.sha256, "model": model.spec.describe(),
+        "heads": {s.name: list(s.channels) for s in model.selection}, "patch_zyx": list(grid.patch_zyx),
+        "crop_lo_zyx": list(grid.crop_lo_zyx), "crop_hi_zyx": list(grid.crop_hi_zyx),
+        "stride_zyx": list(grid.stride_zyx), "blend": blend, "tta": tta, "tta_reduce": model.reduce,
+        "dtype": dtype, "precision": precision, "normalization": model.normalization,
+        "training_voxel_size_nm": model.voxel_size_nm, "forced": force,
+    })
+    where = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.distributed else ""
+    if new_folder:
+        os.makedirs(new_folder, exist_ok=True)  # every check passed: now the output folder may appear
+    if len(jobs) == 1 and ranks.distributed:
+        _run_sharded_volume(jobs[0], outputs[0], predictor, settings, ranks, skip_existing, where)
+        return
+    for index in ranks.mine(range(len(jobs))):
+        job, outs = jobs[index], outputs[index]
+        if skip_existing and all(_readable(spec) for spec in outs.values()):
+            log.info("%sexists, skipped: %s", where, ", ".join(outs.values()))
+            for spec in outs.values():
+                emit(io.output_file(spec))
+            continue
+        for path in _predict_input(job, outs, predictor, settings, where):
+            emit(path)
+
+
+# ----------------------------------------------------------------------------- the model
+
+@dataclasses.dataclass
+class LoadedModel:
+    module: object
+    spec: object
+    heads: list
+    selection: list
+    reduce: dict
+    normalization: dict
+    voxel_size_nm: list | None
+    patch_zyx: tuple
+    rf_size: tuple
+    rf_lo: tuple
+    rf_hi: tuple
+    sha256: str
+    path: str
+
+
+def _load(path, patch_zyx, head_names, channel_ranges, tta_reduce, normalization) -> LoadedModel:
+    from emtools.models.checkpoint import load_model
+    from emtools.models.geometry import check_input_size, receptive_field
+    from emtools.models.heads import default_heads, heads_from_dict
+    from emtools.normalize import check_normalization
+    from emtools.predict.engine import parse_channel_ranges, select_heads
+
+    module, spec, extra = load_model(path)
+    heads = heads_from_dict(extra["heads"], spec.heads) if extra.get("heads") else default_heads(spec.heads)
+    names = [n.strip() for n in head_names.split(",") if n.strip()] if head_names else None
+    selection = select_heads(heads, names, parse_channel_ranges(channel_ranges))
+    if normalization is not None:
+        norm = _parse_normalization(normalization)
+    elif extra.get("normalization") is not None:
+        norm = extra["normalization"]
+    else:
+        raise EmError(f"{path} records no input normalisation; pass --normalization SCALE,MEAN,STD "
+                      "(e.g. 0.00392157,0.5,0.25 for uint8 images)")
+    norm = check_normalization(norm)
+    if patch_zyx is None:
+        if not extra.get("input_size_zyx"):
+            raise EmError(f"{path} records no training input size; pass --patch Z,Y,X")
+        patch_zyx = tuple(int(v) for v in extra["input_size_zyx"])
+    check_input_size(spec, tuple(patch_zyx))
+    voxel = extra.get("voxel_size_nm")
+    size, lo, hi = receptive_field(spec)
+    return LoadedModel(module, spec, heads, selection, _parse_reduce(tta_reduce, [s.name for s in selection]),
+                       norm, [float(v) for v in voxel] if voxel else None, tuple(patch_zyx), size, lo, hi,
+                       _sha256(path), path)
+
+
+def _parse_normalization(text: str) -> dict:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        scale, mean, std = (float(p) for p in parts)
+    except ValueError:
+        raise EmError(f"--normalization {text!r}: give SCALE,MEAN,STD, e.g. 0.00392157,0.5,0.25") from None
+    return {"scale": scale, "mean": mean, "std": std}
+
+
+def _parse_reduce(text: str, heads: list[str]) -> dict[str, str]:
+    from emtools.predict.tta import REDUCTIONS
+
+    out = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, mode = item.rpartition("=")
+        targets = [name.strip()] if sep else heads
+        if sep and name.strip() not in heads:
+            raise EmError(f"--tta-reduce {text!r}: no output head {name.strip()!r} (heads: {', '.join(heads)})")
+        if mode.strip() not in REDUCTIONS:
+            raise EmError(f"--tta-reduce {text!r}: {mode.strip()!r} is not one of {', '.join(REDUCTIONS)}")
+        out.update({t: mode.strip() for t in targets})
+    return {h: out.get(h, "mean") for h in heads}
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- inputs and outputs
+
+@dataclasses.dataclass
+class Job:
+    spec: str
+    meta: Metadata
+    box: Box  # global voxels
+    dtype: np.dtype
+    anchor_zyx: tuple  # where the patch grid starts: the whole volume's first voxel
+
+
+@dataclasses.dataclass
+class Settings:
+    model: LoadedModel
+    dtype: str
+    compression: str
+    block_zyx: tuple
+    voxel_size_nm: tuple | None
+    params: dict
+
+
+def _inspect(spec: str, model: LoadedModel, voxel_size_nm, force: bool) -> Job:
+    """Check an input's header against the model: channels, voxel size, type."""
+    from emtools.normalize import dtype_scale
+
+    with io.open_volume(spec, voxel_size_nm=voxel_size_nm) as source:
+        shape, meta, box, dtype = source.shape, source.meta, source.box, np.dtype(source.dtype)
+    channels = shape[0] if len(shape) == 4 else 1
+    want = model.spec.in_channels
+    if channels != want:
+        raise EmError(f"{spec} has {channels} channel{'s' * (channels != 1)} but the model takes {want} (in_channels)")
+    if dtype.kind not in "uif" and dtype != np.bool_:
+        raise EmError(f"{spec} is {dtype}; images must be integers or floats")
+    voxel = meta.voxel_size_nm
+    train = model.voxel_size_nm
+    if train is None:
+        if not force:
+            raise EmError(f"{model.path} does not record its training voxel size; pass --force to predict anyway")
+        log.debug("%s does not record its training voxel size; predicting %s anyway (--force)", model.path, spec)
+    elif any(abs(a - b) > 1e-3 * max(abs(b), 1e-9) for a, b in zip(voxel, train)):
+        text = (f"voxel size {_fmt(voxel)} nm of {spec} differs from the training voxel size {_fmt(train)} nm "
+                f"of {model.path}")
+        if not force:
+            raise EmError(f"{text}; resample the input, set --voxel-size if the file is wrong, or --force")
+        log.warning("%s (--force)", text)
+    if dtype.kind in "ub" and abs(dtype_scale(dtype) - model.normalization["scale"]) > 1e-6 * dtype_scale(dtype):
+        log.warning("%s is %s but the model's normalisation scales by %g (trained on another type?)",
+                    spec, dtype, model.normalization["scale"])
+    attrs = meta.attrs
+    anchor = tuple(attrs["volume_begin_vx"]) if "volume_begin_vx" in attrs else box.begin
+    return Job(spec, meta, box, dtype, tuple(int(a) for a in anchor))
+
+
+def _fmt(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
+def _new_folder(output: str) -> str | None:
+    """``-o pred/`` names a folder that is created when missing (its parent must exist)."""
+    if not output.endswith("/") or os.path.isdir(output):
+        return None
+    io.check_output_path(output.rstrip("/"))
+    return os.path.abspath(output)
+
+
+def _check_outputs(outputs: list[dict[str, str]], inputs: list[str], checkpoint: str, new_folder: str | None) -> None:
+    protected = {os.path.realpath(io.output_file(spec)): spec for spec in inputs}
+    protected[os.path.realpath(checkpoint)] = checkpoint
+    for outs in outputs:
+        for spec in outs.values():
+            io.output_format(spec)
+            path = io.output_file(spec)
+            if os.path.dirname(os.path.abspath(path)) != new_folder:
+                io.check_output_path(path)
+            if os.path.realpath(path) in protected:
+                raise EmError(f"output {spec} is the same file as the input {protected[os.path.realpath(path)]}; "
+                              "write somewhere else (inputs are never modified)")
+
+
+def _warn_context(jobs: list[Job], grid, model: LoadedModel) -> None:
+    """Warnings for data smaller than a patch, and for chunk halos below the context that makes
+    a chunk's prediction equal the whole volume's (:func:`emtools.predict.windows.exact_halo`)."""
+    from emtools.predict.windows import exact_halo
+
+    need_lo, need_hi = exact_halo(grid, model.rf_lo, model.rf_hi, local=model.spec.norm in ("batch", "none"))
+    log.debug("chunks need a halo of %s below and %s above to match a whole-volume prediction",
+              _fmt(need_lo), _fmt(need_hi))
+    small = [j.spec for j in jobs if any(s < p for s, p in zip(j.box.shape, grid.patch_zyx))]
+    if small:
+        log.warning("%s is smaller than the patch %s: it is padded by mirroring%s", small[0],
+                    _fmt(grid.patch_zyx), f" (and {len(small) - 1} more inputs)" if len(small) > 1 else "")
+    for job in jobs:
+        attrs = job.meta.attrs
+        if "responsible_begin_vx" not in attrs or "volume_begin_vx" not in attrs:
+            continue
+        resp = Box(attrs["responsible_begin_vx"], attrs["responsible_end_vx"])
+        volume = Box(attrs["volume_begin_vx"], attrs["volume_end_vx"])
+        data = job.box
+        short = any((resp.begin[a] > volume.begin[a] and resp.begin[a] - data.begin[a] < need_lo[a]) or
+                    (resp.end[a] < volume.end[a] and data.end[a] - resp.end[a] < need_hi[a]) for a in range(3))
+        if short:
+            log.warning("the halo of %s is below the context of the model (%s below, %s above): its responsible "
+                        "region may differ slightly from a whole-volume prediction", job.spec, _fmt(need_lo), _fmt(need_hi))
+            return
+
+
+def _readable(spec: str) -> bool:
+    if not os.path.exists(io.output_file(spec)):
+        return False
+    try:
+        with io.open_volume(spec):
+            return True
+    except EmError:
+        return False
+
+
+# ----------------------------------------------------------------------------- running
+
+def _writers(job: Job, outs: dict[str, str], settings: Settings) -> list[io.VolumeWriter]:
+    record = provenance_record(TOOL, settings.params, [(job.spec, job.meta)])
+    out_type = np.uint8 if settings.dtype == "uint8" else np.dtype(settings.dtype)
+    return [io.VolumeWriter(outs[s.name], output_shape(s, job.box.shape), out_type,
+                            output_metadata(job.meta, s, settings.dtype, record), settings.compression)
+            for s in settings.model.selection]
+
+
+def _predict_block(source, job: Job, block: Box, predictor, settings: Settings) -> list[np.ndarray]:
+    """Encoded maps of one block, in the order of the selected heads."""
+    from emtools.normalize import normalize_image
+
+    need = predictor.grid.input_box(block)
+    origin = tuple(-b for b in job.box.begin)
+    raw = windows.read_padded(lambda part: source.read(part.shift(origin)), need, job.box)
+    image = normalize_image(raw, settings.model.normalization)
+    maps = predictor.predict_block(image, need, block)
+    out = []
+    for s in settings.model.selection:
+        values = maps.pop(s.name)
+        out.append(encode(values if output_axes(s) == "czyx" else values[0], settings.dtype, s.head.value_range))
+    return out
+
+
+def _predict_input(job: Job, outs: dict[str, str], predictor, settings: Settings, where: str) -> list[str]:
+    predictor.grid = predictor.grid.anchored(job.anchor_zyx)
+    blocks = windows.plan_blocks(job.box, settings.block_zyx, predictor.grid)
+    started, patches = time.perf_counter(), predictor.patches_done
+    shift = tuple(-b for b in job.box.begin)
+    with io.open_volume(job.spec, voxel_size_nm=settings.voxel_size_nm) as source, \
+            AllOrNothing(_writers(job, outs, settings)) as writers:
+        for block in progress(blocks, f"{where}{os.path.basename(io.output_file(job.spec))}"):
+            for writer, values in zip(writers, _predict_block(source, job, block, predictor, settings)):
+                writer.write(block.shift(shift), values)
+    _log_done(job, len(blocks), predictor, predictor.patches_done - patches, started, where)
+    return [w.path for w in writers]
+
+
+def _log_done(job: Job, blocks: int, predictor, patches: int, started: float, where: str) -> None:
+    elapsed = time.perf_counter() - started
+    log.info("%s%s: %d block%s, %d patches x %d TTA variant%s, %.1f s, %.3f Mvoxel/s", where, job.spec, blocks,
+             "s" * (blocks != 1), patches, len(predictor.variants), "s" * (len(predictor.variants) != 1), elapsed,
+             job.box.size / max(elapsed, 1e-9) / 1e6)
+
+
+def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Settings, ranks, skip_existing, where):
+    """One volume under torchrun: rank i % world predicts block i; rank 0 receives and writes all."""
+    from emtools.predict.sharding import Group
+
+    if skip_existing and all(_readable(spec) for spec in outs.values()):
+        if ranks.rank == 0:
+            log.info("exists, skipped: %s", ", ".join(outs.values()))
+            for spec in outs.values():
+                emit(io.output_file(spec))
+        return
+    predictor.grid = predictor.grid.anchored(job.anchor_zyx)
+    blocks = windows.plan_blocks(job.box, settings.block_zyx, predictor.grid)
+    started, patches = time.perf_counter(), predictor.patches_done
+    shift = tuple(-b for b in job.box.begin)
+    out_type = np.uint8 if settings.dtype == "uint8" else np.dtype(settings.dtype)
+    with Group(ranks) as group, io.open_volume(job.spec, voxel_size_nm=settings.voxel_size_nm) as source:
+        if ranks.rank != 0:
+            for index, block in enumerate(blocks):
+                if ranks.owner(index) == ranks.rank:
+                    for values in _predict_block(source, job, block, predictor, settings):
+                        group.send(values, 0)
+            _log_done(job, len(ranks.mine(blocks)), predictor, predictor.patches_done - patches, started, where)
+            return
+        with AllOrNothing(_writers(job, outs, settings)) as writers:
+            for index, block in enumerate(progress(blocks, f"{where}{os.path.basename(io.output_file(job.spec))}")):
+                owner = ranks.owner(index)
+                if owner == 0:
+                    maps = _predict_block(source, job, block, predictor, settings)
+                else:
+                    maps = [group.recv(output_shape(s, block.shape), out_type, owner) for s in settings.model.selection]
+                for writer, values in zip(writers, maps):
+                    writer.write(block.shift(shift), values)
+        _log_done(job, len(ranks.mine(blocks)), predictor, predictor.patches_done - patches, started, where)
+    for writer in writers:
+        emit(writer.path)
+
+
+class AllOrNothing:
+    """Enter several VolumeWriters; on success rename them all into place, on failure none.
+
+    A writer whose rename fails discards its own temporary; outputs renamed before it are
+    removed again, so an input's maps appear together or not at all (``--skip-existing`` then
+    redoes the input).
+    """
+
+    def __init__(self, writers: list[io.VolumeWriter]):
+        self.writers = writers
+        self._entered: list[io.VolumeWriter] = []
+
+    def __enter__(self) -> list[io.VolumeWriter]:
+        try:
+            for writer in self.writers:
+                self._entered.append(writer.__enter__())
+        except BaseException as exc:
+            self._abort(exc, self._entered)
+            raise
+        return self._entered
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None:
+            self._abort(exc, self._entered)
+            return False
+        done: list[str] = []
+        for i, writer in enumerate(self._entered):
+            try:
+                writer.__exit__(None, None, None)
+            except BaseException as error:
+                for path in done:
+                    with _suppress_os():
+                        os.remove(path)
+                self._abort(error, self._entered[i + 1 :])
+                raise
+            done.append(writer.path)
+        return False
+
+    @staticmethod
+    def _abort(exc: BaseException, writers: list[io.VolumeWriter]) -> None:
+        for writer in writers:
+            with _suppress_os():
+                writer.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _suppress_os():
+    import contextlib
+
+    return contextlib.suppress(OSError)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""em-predict as users run it: outputs and metadata, chunks that merge into the whole-volume
+prediction, uint8 maps through em-watershed, torchrun ranks, one-line errors, a full disk."""
+
+import hashlib
+import os
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_line_error, shared_data, tool_command
+from emtools import io
+from emtools.meta import Metadata
+from emtools.models import build_model, resolve_spec
+from emtools.models.checkpoint import save_checkpoint
+from emtools.models.heads import default_heads, heads_to_dict
+
+torch.set_num_threads(1)
+VOXEL = (40.0, 4.0, 4.0)
+# The same sliding window for every run here: patch 4,24,24, crop auto (0,3,3), half overlap in y,x.
+WINDOW = ["--overlap", "0,0.5,0.5", "--batch", "4", "--blend", "bump", "-q"]
+NORM = {"scale": 1 / 255, "mean": 0.5, "std": 0.25}
+
+
+def run_inprocess(main, *args, stdin=None):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, [str(a) for a in args], input=stdin)
+    result.returncode = result.exit_code
+    return result
+
+
+def predict(*args, stdin=None):
+    from emtools.cli.predict import main
+
+    return run_inprocess(main, *args, stdin=stdin)
+
+
+def run_inprocess_env(env, *args):
+    from click.testing import CliRunner
+
+    from emtools.cli.predict import main
+
+    result = CliRunner(env=env).invoke(main, [str(a) for a in args])
+    result.returncode = result.exit_code
+    return result
+
+
+def tile(*args, stdin=None):
+    from emtools.cli.tile import main
+
+    return run_inprocess(main, *args, stdin=stdin)
+
+
+def _checkpoint(path, extra_changes=None, spec_words=("heads=affinity:3,foreground:1",)):
+    spec = resolve_spec("rsunet", ["widths=4,8", "depth=2", *spec_words])
+    model = build_model(spec, seed=11)
+    for module in model.modules():  # running statistics as after training
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    extra = {"heads": heads_to_dict(default_heads(spec.heads)), "normalization": NORM,
+             "voxel_size_nm": list(VOXEL), "input_size_zyx": [4, 24, 24], "step": 100}
+    for key, value in (extra_changes or {}).items():
+        if value is None:
+            extra.pop(key)
+        else:
+            extra[key] = value
+    save_checkpoint(str(path), model, spec, extra)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    ckpt = _checkpoint(root / "model.pt")
+    image = np.random.default_rng(0).integers(0, 256, (8, 72, 72), dtype=np.uint8)
+    raw = f"{root / 'raw.h5'}:/image"
+    io.write_volume(raw, image, Metadata(voxel_size_nm=VOXEL, offset_nm=(80.0, 40.0, 0.0)))
+    whole = predict(ckpt, raw, "-o", root / "whole_{head}.h5", *WINDOW)
+    assert whole.returncode == 0, whole.output
+    return {"root": root, "ckpt": ckpt, "raw": raw, "image": image, "whole_stdout": whole.stdout}
+
+
+@pytest.fixture(scope="module")
+def chunks(data):
+    root = data["root"]
+    split = tile("split", data["raw"], "--chunk", "8,36,36", "--halo", "0,17,17", "-o", root / "chunks", "-q")
+    assert split.returncode == 0, split.output
+    paths = split.stdout.split()
+    result = predict(data["ckpt"], "-", "-o", f"{root}/pred/", *WINDOW, stdin="\n".join(paths) + "\n")
+    assert result.returncode == 0, result.output
+    return paths, result.stdout.split()
+
+
+def _digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_writes_one_map_per_head_with_metadata(data):
+    root = data["root"]
+    assert data["whole_stdout"].split() == [str(root / "whole_affinity.h5"), str(root / "whole_foreground.h5")]
+    affs, meta = io.read_volume(str(root / "whole_affinity.h5"))
+    fg, fg_meta = io.read_volume(str(root / "whole_foreground.h5"))
+    assert affs.shape == (3, 8, 72, 72) and affs.dtype == np.float32 and meta.axes == "czyx"
+    assert fg.shape == (8, 72, 72) and fg_meta.axes == "zyx"
+    assert 0 <= affs.min() and affs.max() <= 1 and affs.std() > 1e-3
+    assert meta.offset_nm == (80.0, 40.0, 0.0) and meta.voxel_size_nm == VOXEL
+    assert meta.attrs["affinity_offsets"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+    assert meta.attrs["value_range"] == [0.0, 1.0] and fg_meta.attrs["head_kind"] == "foreground"
+    record = meta.provenance[-1]
+    assert record["tool"] == "em-predict" and record["params"]["checkpoint"] == data["ckpt"]
+    assert record["params"]["checkpoint_sha256"] == _digest(data["ckpt"])
+    assert record["params"]["patch_zyx"] == [4, 24, 24] and record["params"]["crop_lo_zyx"] == [0, 3, 3]
+    assert record["inputs"][0]["spec"] == data["raw"]
+    assert not [name for name in os.listdir(root) if name.startswith(".")]  # no temporary left
+
+
+def test_chunks_merge_into_the_whole_volume_prediction(data, chunks):
+    root = data["root"]
+    inputs, outputs = chunks
+    assert len(inputs) == 4 and len(outputs) == 8
+    for name in ("affinity", "foreground"):
+        mine = [p for p in outputs if p.endswith(f"_{name}.h5")]
+        assert [os.path.basename(p) for p in mine] == [os.path.basename(p)[:-3] + f"_{name}.h5" for p in inputs]
+        chunk, meta = io.read_volume(mine[0])
+        source, source_meta = io.read_volume(inputs[0])
+        assert chunk.shape[-3:] == source.shape and meta.offset_nm == source_meta.offset_nm
+        assert meta.attrs["responsible_end_vx"] == source_meta.attrs["responsible_end_vx"]
+        merged = tile("merge", *mine, "--blend", "none", "-o", root / f"merged_{name}.h5", "-q")
+        assert merged.returncode == 0, merged.output
+        values, merged_meta = io.read_volume(str(root / f"merged_{name}.h5"))
+        whole, whole_meta = io.read_volume(str(root / f"whole_{name}.h5"))
+        assert merged_meta.offset_nm == whole_meta.offset_nm
+        assert np.abs(values - whole).max() < 1e-5
+        # Blended merging also works on these maps (they cover each chunk with its halo).
+        assert tile("merge", *mine, "--blend", "linear", "-o", root / f"blended_{name}.h5", "-q").returncode == 0
+
+
+def test_uint8_affinities_run_through_watershed(data, chunks):
+    from emtools.cli.watershed import main as watershed
+
+    root = data["root"]
+    chunk = chunks[0][0]
+    out = root / "u8.h5"
+    result = predict(data["ckpt"], chunk, "--heads", "affinity", "--dtype", "uint8", "-o", out, *WINDOW)
+    assert result.returncode == 0, result.output
+    assert result.stdout == f"{out}\n"
+    u8, meta = io.read_volume(str(out))
+    assert u8.dtype == np.uint8 and meta.attrs["value_range"] == [0.0, 1.0]
+    float_affs = io.read_volume([p for p in chunks[1] if "_affinity" in p][0])[0]
+    assert np.abs(u8 / 255.0 - float_affs).max() <= 0.5 / 255 + 1e-6
+    frags = run_inprocess(watershed, out, "-o", root / "frags.h5", "--min-size", "0", "-q")
+    assert frags.returncode == 0, frags.output
+    labels, frag_meta = io.read_volume(str(root / "frags.h5"))
+    assert labels.shape == (8, 36, 36) and labels.max() >= 1  # cropped to the chunk's responsible region
+
+
+def _torchrun(*args, cwd=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "emtools.cli.predict", *[str(a) for a in args]]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+def test_two_ranks_share_the_chunks_and_match_one_rank(data, chunks):
+    root = data["root"]
+    inputs, outputs = chunks
+    out = root / "ranks"
+    out.mkdir()
+    result = _torchrun(data["ckpt"], *inputs, "-o", f"{out}/", *WINDOW)
+    assert result.returncode == 0, result.stderr
+    written = result.stdout.split()
+    assert sorted(written) == sorted(str(out / os.path.basename(p)) for p in outputs)  # each once
+    for path in outputs:
+        assert _digest(path) == _digest(out / os.path.basename(path))
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in outputs)
+
+
+def test_two_ranks_share_the_blocks_of_one_volume(data):
+    root = data["root"]
+    result = _torchrun(data["ckpt"], data["raw"], "-o", root / "blocks_{head}.h5", "--block", "8,36,36", *WINDOW)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(root / "blocks_affinity.h5"), str(root / "blocks_foreground.h5")]
+    for name in ("affinity", "foreground"):
+        values, meta = io.read_volume(str(root / f"blocks_{name}.h5"))
+        whole, whole_meta = io.read_volume(str(root / f"whole_{name}.h5"))
+        assert np.abs(values - whole).max() < 1e-5 and meta == whole_meta
+
+
+def test_small_volume_is_padded_with_a_warning(tmp_path, data):
+    raw = str(tmp_path / "small.h5")
+    io.write_volume(raw, data["image"][:3, :10, :12], Metadata(voxel_size_nm=VOXEL))
+    result = predict(data["ckpt"], raw, "--heads", "foreground", "-o", tmp_path / "p.h5", "--overlap", "0",
+                     "--precision", "bf16", "--device", "cpu")
+    assert result.returncode == 0, result.output
+    assert "is smaller than the patch 4,24,24: it is padded by mirroring" in result.stderr
+    assert "--precision bf16 on the CPU is much slower than fp32" in result.stderr
+    assert io.read_volume(str(tmp_path / "p.h5"))[0].shape == (3, 10, 12)
+
+
+def test_a_halo_below_the_model_context_is_warned_about(tmp_path, data):
+    split = tile("split", data["raw"], "--chunk", "8,36,36", "--halo", "0,4,4", "-o", tmp_path / "c", "-q")
+    chunk = split.stdout.split()[0]
+    result = predict(data["ckpt"], chunk, "--heads", "foreground", "-o", tmp_path / "p.h5", "--overlap", "0")
+    assert result.returncode == 0, result.output
+    assert "is below the context of the model (3,17,17 below, 3,17,17 above)" in result.stderr
+
+
+def test_tta_reduce_per_head():
+    from emtools.cli.predict import _parse_reduce
+
+    heads = ["affinity", "foreground"]
+    assert _parse_reduce("max", heads) == {"affinity": "max", "foreground": "max"}
+    assert _parse_reduce("affinity=min", heads) == {"affinity": "min", "foreground": "mean"}
+    assert _parse_reduce("min,foreground=max", heads) == {"affinity": "min", "foreground": "max"}
+
+
+def test_voxel_size_mismatch_needs_force(tmp_path, data):
+    raw = str(tmp_path / "coarse.h5")
+    io.write_volume(raw, data["image"][:4, :24, :24], Metadata(voxel_size_nm=(40, 8, 8)))
+    out = tmp_path / "p.h5"
+    result = predict(data["ckpt"], raw, "--heads", "foreground", "-o", out)
+    assert_one_line_error(result, "predict", "voxel size 40,8,8 nm of", "differs from the training voxel size 40,4,4 nm",
+                          "--force")
+    assert not out.exists()
+    result = predict(data["ckpt"], raw, "--heads", "foreground", "-o", out, "--force", "--overlap", "0")
+    assert result.returncode == 0 and "(--force)" in result.stderr and out.exists()
+
+
+def _bad_checkpoints(folder, good):
+    stranger = folder / "stranger.pt"
+    torch.save({"weights": torch.zeros(2)}, stranger)
+    noise = folder / "noise.pt"
+    noise.write_bytes(os.urandom(2048))
+    truncated = folder / "truncated.pt"
+    truncated.write_bytes(open(good, "rb").read()[:3000])
+    return {"stranger": (stranger, "not an emtools model checkpoint"),
+            "noise": (noise, "not an emtools checkpoint"),
+            "truncated": (truncated, "not a readable emtools checkpoint"),
+            "missing": (folder / "none.pt", "checkpoint not found")}
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path, data):
+    for name, (path, fragment) in _bad_checkpoints(tmp_path, data["ckpt"]).items():
+        result = predict(path, data["raw"], "-o", tmp_path / "out_{head}.h5")
+        assert_one_line_error(result, "predict", fragment)
+    assert not any(p.name.startswith("out") for p in tmp_path.iterdir())
+    plain = _checkpoint(tmp_path / "plain.pt", {"normalization": None})
+    assert_one_line_error(predict(plain, data["raw"], "-o", tmp_path / "o_{head}.h5"), "predict",
+                          "records no input normalisation; pass --normalization SCALE,MEAN,STD")
+    blind = _checkpoint(tmp_path / "blind.pt", {"voxel_size_nm": None})
+    assert_one_line_error(predict(blind, data["raw"], "-o", tmp_path / "o_{head}.h5"), "predict",
+                          "does not record its training voxel size; pass --force")
+    sizeless = _checkpoint(tmp_path / "sizeless.pt", {"input_size_zyx": None})
+    assert_one_line_error(predict(sizeless, data["raw"], "-o", tmp_path / "o_{head}.h5"), "predict",
+                          "records no training input size; pass --patch Z,Y,X")
+    assert not any(p.name.startswith("o_") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--heads", "boundary"], ["no head 'boundary' in the model; its heads are affinity, foreground"]),
+    (["--overlap", "1"], ["--overlap 1: a fraction must be in [0, 1)"]),
+    (["--overlap", "-0.25"], ["a fraction must be in [0, 1)"]),
+    (["--overlap", "0,30,30"], ["--overlap of 30 voxels along y is not below the kept patch output (18 voxels)"]),
+    (["--patch", "4,25,24"], ["input 4,25,24 does not fit the pooling", "nearest valid sizes 4,24,24 or 4,26,24"]),
+    (["--tta", "17"], ["--tta 17: choose 1 (none) to 16 variants"]),
+    (["--tta-reduce", "median"], ["'median' is not one of mean, min, max"]),
+    (["--precision", "fp16", "--device", "cpu"], ["--precision fp16 needs a GPU"]),
+    (["--crop", "valid"], ["--crop valid removes 6+6 voxels of the 4-voxel patch along z"]),
+    (["--normalization", "1,2"], ["give SCALE,MEAN,STD"]),
+    (["--channels", "affinity=0:4"], ["head affinity has channels 0:3"]),
+])
+def test_bad_options_are_one_line_errors(tmp_path, data, args, fragments):
+    result = predict(data["ckpt"], data["raw"], "-o", tmp_path / "o_{head}.h5", *args)
+    assert_one_line_error(result, "predict", *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs_and_outputs_are_one_line_errors(tmp_path, data):
+    two = str(tmp_path / "two.h5")
+    io.write_volume(two, np.zeros((2, 4, 24, 24), np.uint8), Metadata(axes="czyx", voxel_size_nm=VOXEL))
+    assert_one_line_error(predict(data["ckpt"], two, "-o", tmp_path / "o_{head}.h5"), "predict",
+                          "has 2 channels but the model takes 1 (in_channels)")
+    raw_file = data["raw"].split(":")[0]
+    before = _digest(raw_file)
+    assert_one_line_error(predict(data["ckpt"], data["raw"], "--heads", "foreground", "-o", f"{raw_file}:/pred"),
+                          "predict", "is the same file as the input", "inputs are never modified")
+    assert _digest(raw_file) == before
+    assert_one_line_error(predict(data["ckpt"], data["raw"], "-o", tmp_path / "o.h5"), "predict",
+                          "2 heads (affinity, foreground) need {head} in the output")
+    assert_one_line_error(predict(data["ckpt"], data["raw"], two, "-o", tmp_path / "o_{head}.h5"), "predict",
+                          "2 inputs need {name} in the output")
+    assert_one_line_error(predict(data["ckpt"], data["raw"], "-o", tmp_path / "missing" / "o_{head}.h5"), "predict",
+                          "output folder does not exist")
+    (tmp_path / "a").mkdir()
+    twin = str(tmp_path / "a" / "raw.h5:/image")
+    assert_one_line_error(predict(data["ckpt"], data["raw"], twin, "-o", tmp_path / "{name}_{head}.h5"), "predict",
+                          f"{data['raw']} (head affinity) and {twin} (head affinity) would both write")
+    result = run_inprocess_env({"RANK": "0", "WORLD_SIZE": "2"}, data["ckpt"], "-", "-o", tmp_path / "{name}_{head}.h5")
+    assert_one_line_error(result, "predict", "under torchrun the ranks cannot share stdin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "two.h5"]
+
+
+def test_full_disk_leaves_no_partial_chunk_and_skip_existing_resumes(tmp_path, data):
+    """A file-size limit fails the third chunk's write like a full disk; a rerun resumes."""
+    split = tile("split", data["raw"], "--chunk", "8,48,48", "--halo", "0,17,17", "-o", tmp_path / "c", "-q")
+    by_size = sorted(split.stdout.split(), key=lambda p: io.read_volume(p)[0].size)
+    inputs = [by_size[0], by_size[1], by_size[3]]  # 41x41, 41x65 and 65x65 voxels in y,x: 54, 85 and 135 KB
+    out = tmp_path / "p"
+    out.mkdir()
+    args = [data["ckpt"], *inputs, "--heads", "foreground", "--compression", "none", "-o", f"{out}/", *WINDOW]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (110_000, 110_000))
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(tool_command("predict") + [str(a) for a in args], capture_output=True, text=True,
+                            preexec_fn=limit, env=env)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("em-predict: error: cannot write") and "file too large" in lines[0]
+    names = [os.path.basename(p)[:-3] + "_foreground.h5" for p in inputs]
+    assert result.stdout.split() == [str(out / n) for n in names[:2]]
+    assert sorted(os.listdir(out)) == sorted(names[:2])  # no partial third map, no temporary
+    stamps = [os.stat(out / n).st_mtime_ns for n in names[:2]]
+    again = predict(*args[:-1], "--skip-existing", "-v")
+    assert again.returncode == 0, again.output
+    assert again.stdout.split() == [str(out / n) for n in names]
+    assert again.stderr.count("exists, skipped") == 2
+    assert [os.stat(out / n).st_mtime_ns for n in names[:2]] == stamps and sorted(os.listdir(out)) == sorted(names)
+
+
+def test_real_isbi_slices_through_predict_and_watershed(tmp_path):
+    """PNG slices of ISBI 2012 (a glob, voxel size given) to uint8 affinities to fragments."""
+    from emtools.cli.watershed import main as watershed
+
+    folder = shared_data("isbi2012", "image")
+    ckpt = _checkpoint(tmp_path / "isbi.pt", {"voxel_size_nm": [50, 4, 4], "input_size_zyx": [2, 64, 64]})
+    result = predict(ckpt, f"{folder}/[0-1].png", "--voxel-size", "50,4,4", "--heads", "affinity", "--dtype", "uint8",
+                     "--overlap", "0", "--batch", "8", "-o", f"{tmp_path}/", "-q")
+    assert result.returncode == 0, result.output
+    assert result.stdout == f"{tmp_path}/image_affinity.h5\n"
+    affs, meta = io.read_volume(f"{tmp_path}/image_affinity.h5")
+    assert affs.shape == (3, 2, 512, 512) and affs.dtype == np.uint8 and meta.voxel_size_nm == (50.0, 4.0, 4.0)
+    frags = run_inprocess(watershed, f"{tmp_path}/image_affinity.h5", "-o", tmp_path / "frags.h5", "-q")
+    assert frags.returncode == 0, frags.output
