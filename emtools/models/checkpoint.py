@@ -3,11 +3,13 @@
 A checkpoint is a ``torch.save`` dict::
 
     {"format": "emtools-model", "format_version": 1, "emtools_version": "...",
-     "spec": {...ModelSpec.to_dict()...}, "state_dict": {...}, "extra": {...}}
+     "spec": {...ModelSpec.to_dict()...}, "state_dict": {...}, "extra": {...},
+     "training": {...}}   # optional: em-train's state for an exact resume (optimizer, RNGs, ...)
 
-so :func:`load_model` rebuilds the network from the file alone. Writing is atomic (a temporary
-file in the destination folder, then ``os.replace``): an interrupted save leaves the old file or
-none. Loading uses ``weights_only=True``, so a checkpoint cannot run code.
+so :func:`load_model` rebuilds the network from the file alone (it ignores ``training``).
+Writing is atomic (a temporary file in the destination folder, then ``os.replace``): an
+interrupted save leaves the old file or none. Loading uses ``weights_only=True``, so a
+checkpoint cannot run code.
 """
 
 from __future__ import annotations
@@ -27,8 +29,13 @@ FORMAT = "emtools-model"
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str, model: torch.nn.Module, spec: ModelSpec, extra: dict | None = None) -> str:
-    """Write ``model``'s weights with ``spec`` and ``extra`` (JSON-like: step, loss, ...) to ``path``."""
+def save_checkpoint(path: str, model: torch.nn.Module, spec: ModelSpec, extra: dict | None = None,
+                    training: dict | None = None) -> str:
+    """Write ``model``'s weights with ``spec`` and ``extra`` (JSON-like: step, loss, ...) to ``path``.
+
+    ``training`` (tensors, numbers, strings, lists and dicts only) is stored beside them for
+    resuming; readers that only want the model never look at it.
+    """
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -38,6 +45,8 @@ def save_checkpoint(path: str, model: torch.nn.Module, spec: ModelSpec, extra: d
         "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),
     }
+    if training is not None:
+        payload["training"] = training
     folder = os.path.dirname(os.path.abspath(path))
     handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:

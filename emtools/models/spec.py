@@ -322,28 +322,39 @@ def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def load_spec_file(path: str) -> dict[str, Any]:
-    """Read a YAML (.yaml/.yml) or JSON spec file into a dict, with one-line errors."""
+def read_mapping_file(path: str, what: str = "spec file") -> dict[str, Any]:
+    """A YAML (or, for ``.json``, JSON) file holding a mapping, as a dict; one-line errors.
+
+    An empty file is an empty mapping. Shared by model specs and em-train's config files.
+    """
+    if not os.path.isfile(path):
+        raise EmError(f"{what} not found ({path})")
     with open(path, encoding="utf-8") as handle:
         text = handle.read()
     if path.endswith(".json"):
         try:
-            data = json.loads(text)
+            data = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as exc:
             raise EmError(f"not valid JSON: {exc.msg} at line {exc.lineno} ({path})") from None
     else:
-        try:
-            import yaml
-        except ImportError:  # pragma: no cover - pyyaml is an install requirement of the models extra
-            raise EmError(f"reading YAML needs pyyaml (pip install pyyaml) ({path})") from None
+        import yaml
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark is not None else ""
             raise EmError(f"not valid YAML{line} ({path})") from None
+    if data is None:
+        return {}
     if not isinstance(data, Mapping):
-        raise EmError(f"a spec file must hold a mapping of key: value ({path})")
+        raise EmError(f"a {what} must hold a mapping of key: value ({path})")
+    return dict(data)
+
+
+def load_spec_file(path: str) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or JSON spec file into a dict, with one-line errors."""
+    data = read_mapping_file(path, "spec file")
     # A checkpoint-style wrapper {"model": {...}} is accepted too.
     if set(data) == {"model"} and isinstance(data["model"], Mapping):
         data = data["model"]

@@ -8,39 +8,14 @@ Writes go to a temporary file in the destination folder and are renamed into pla
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
-from emtools.errors import EmError
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise EmError("--plot needs matplotlib (pip install matplotlib)") from None
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".png", dir=folder)
-    os.close(handle)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from emtools.charts import pyplot, save_figure
 
 
 def layer_chart(report: dict[str, Any], path: str) -> str:
     """The per-layer chart of a ``profile_model`` report (only layers with FLOPs or >1% time)."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = report["layers"]
     total_time = sum((l["time_fwd_s"] or 0) + (l["time_bwd_s"] or 0) for l in layers) or 1.0
     shown = [l for l in layers if l["flops_fwd"] > 0 or ((l["time_fwd_s"] or 0) + (l["time_bwd_s"] or 0)) > 0.01 * total_time]
@@ -69,14 +44,14 @@ def layer_chart(report: dict[str, Any], path: str) -> str:
     title = f"{report['model']['name']} input {'x'.join(map(str, report['input_zyx']))} batch {report['batch']} on {report['device']}"
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
 
 def summary_chart(rows: list[dict[str, Any]], path: str) -> str:
     """Bar charts of median voxels/s and median wall time per tool."""
-    plt = _pyplot()
+    plt = pyplot()
     tools = [r["tool"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(tools) + 4), 4.5))
     axes[0].bar(tools, [(r["voxels_per_s_median"] or 0) / 1e6 for r in rows], color="tab:green")
@@ -87,6 +62,6 @@ def summary_chart(rows: list[dict[str, Any]], path: str) -> str:
         axis.tick_params(axis="x", rotation=45)
         axis.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -1,0 +1,393 @@
+"""em-train benchmarks: throughput on 1 and 2 ranks, real-data runs on ISBI 2012 and gala, and
+rsunet vs rsunet-efficient on one schedule.
+
+    python benchmarks/bench_train.py [--quick] [--only throughput,isbi,gala,models] [--out DIR]
+                                     [--budget-min 20] [--json results.json]
+
+(a) throughput: training samples/s and voxels/s of one model and crop, one process (1 and 2
+    threads) vs 2 ranks under torchrun (gloo, 1 thread each) on a synthetic volume.
+(b) isbi: examples/train_isbi.yaml on slices 0-24 of ISBI 2012 within the time budget; the
+    boundaries predicted for slices 25-29 (never seen in training) are segmented per section by
+    emtools.watershed and scored (adapted Rand error, VOI) against the ground truth (connected
+    components of each section's interior), beside the same watershed of the raw intensity
+    (inverted, normalised; and Gaussian-smoothed, a stronger baseline).
+(c) gala: examples/train_gala.yaml (3D affinities) on z 0-33 of the gala FIB-SEM crop; z 34-49
+    segmented in 3D by the watershed, and by the watershed + agglomeration (mean affinity, the
+    affinity pipeline's usual last step; the baselines are agglomerated on their own maps), beside
+    the raw intensity and gala's own boundary probability map (train-p1, a classifier its
+    authors trained on this very volume: a reference, not a peer).
+(d) models: rsunet vs rsunet-efficient (both at half the preset widths) on ISBI with the same
+    crop, schedule and number of steps: time per iteration and held-out accuracy.
+
+Every segmentation score is the best over the same sweep of watershed settings (seed
+thresholds x seed methods), for ours and for the baselines alike, plus the score at the fixed
+default (components seeds, threshold 0.5). The number of steps of a real-data run is fitted to
+``--budget-min`` minutes of training from a short calibration run (the model's time per step
+on this machine). ``--quick`` runs every part in about 1-3 minutes with few steps: it proves
+the pipeline, not the accuracy. Results go to stdout (a table per part) and ``--json``; logs to
+stderr. Runs and checkpoints are kept under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+ISBI = DATA / "isbi2012"
+GALA = DATA / "gala"
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SEEDS = ("components", "distance")
+
+
+def say(text: str) -> None:
+    print(f"bench_train: {text}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- running em-train
+
+def em_train(args: list[str], nproc: int = 1, threads: int | None = None) -> float:
+    """Run em-train (under torchrun for ``nproc`` > 1); returns its wall seconds. Exits on failure."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+        args = [*args, f"train.threads={threads}"]
+    if nproc > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+                   "-m", "emtools.cli.train", *args]
+    else:
+        command = [sys.executable, "-m", "emtools.cli.train", *args]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"bench_train: em-train failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return time.perf_counter() - started
+
+
+def records(run: Path, split: str) -> list[dict]:
+    with open(run / "metrics.jsonl") as handle:
+        return [r for r in map(json.loads, handle) if r.get("split") == split]
+
+
+def steady_rate(run: Path) -> float:
+    """Median samples/s over the logged windows after the first (warm-up)."""
+    rates = [r["samples_per_s"] for r in records(run, "train")]
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+
+
+def fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    return path
+
+
+def fitted_steps(config: str, overrides: list[str], out: Path, budget_s: float, cap: int, floor: int = 20) -> tuple[int, float]:
+    """Steps that fit ``budget_s`` of training, from a calibration run; (steps, seconds per step)."""
+    run = fresh(out / "calibration")
+    em_train(["--config", config, *overrides, "train.steps=12", "train.log_every=4", "validation.every=0",
+              "train.checkpoint_every=1000", "-q", "-o", str(run)])
+    seconds = 1.0 / steady_rate(run)
+    return max(floor, min(cap, int(budget_s / seconds))), seconds
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def sweep(boundary: np.ndarray, gt: np.ndarray, voxel_size_nm, mode: str, agglomerate_with=None) -> dict:
+    """Best adapted Rand over THRESHOLDS x SEEDS, and the score at the default (components, 0.5).
+
+    ``agglomerate_with``: ``{"affinities": a}`` or ``{"boundary": b}`` also agglomerates every
+    watershed's fragments (mean score, THRESHOLDS in one pass: em-agglomerate segment) and
+    reports the best of those as "agglomerated".
+    """
+    from emtools.agglomerate import agglomerate
+    from emtools.evaluate_neuron import neuron_metrics
+    from emtools.watershed import fragments
+
+    boundary = np.ascontiguousarray(boundary, dtype=np.float32)
+    results, merged = [], []
+    for seeds in SEEDS:
+        for threshold in THRESHOLDS:
+            seg = fragments(boundary, seed_method=seeds, mode=mode, threshold=threshold, voxel_size_nm=voxel_size_nm,
+                            min_seed_size=20, min_size=20)
+            m = neuron_metrics(seg, gt)
+            results.append({"seeds": seeds, "threshold": threshold, "adapted_rand_error": m["adapted_rand_error"],
+                            "voi_split": m["voi_split"], "voi_merge": m["voi_merge"]})
+            if agglomerate_with is None:
+                continue
+            segs, _ = agglomerate(seg, thresholds=THRESHOLDS, score="mean", **agglomerate_with)
+            for merge_threshold, seg_t in zip(THRESHOLDS, segs):
+                m = neuron_metrics(seg_t, gt)
+                merged.append({"seeds": seeds, "threshold": threshold, "merge_threshold": merge_threshold,
+                               "adapted_rand_error": m["adapted_rand_error"], "voi_split": m["voi_split"],
+                               "voi_merge": m["voi_merge"]})
+    best = min(results, key=lambda r: r["adapted_rand_error"])
+    default = next(r for r in results if r["seeds"] == "components" and r["threshold"] == 0.5)
+    out = {"best": best, "default": default}
+    if merged:
+        out["agglomerated"] = min(merged, key=lambda r: r["adapted_rand_error"])
+    return out
+
+
+def predicted_maps(checkpoint: Path, image: np.ndarray, patch_zyx) -> tuple[np.ndarray, np.ndarray | None]:
+    """(boundary map, nearest-neighbour affinities or None) of a checkpoint's first affinity/boundary head."""
+    import torch
+
+    from emtools.models.checkpoint import load_model
+    from emtools.normalize import normalize_image
+    from emtools.train.sampling import HeadTarget
+    from emtools.train.validate import _sigmoid, boundary_map, predict
+
+    model, spec, extra = load_model(str(checkpoint))
+    logits = predict(model.eval(), normalize_image(image, extra["normalization"]), spec.out_channels, patch_zyx,
+                     [p // 4 for p in patch_zyx], torch.device("cpu"))
+    start = 0
+    for name, channels in spec.heads:
+        info = extra["heads"][name]
+        head = HeadTarget(name, info["kind"], channels, tuple(map(tuple, info.get("offsets", ()))))
+        boundary = boundary_map(head, logits[start:start + channels])
+        if boundary is not None:
+            affinities = _sigmoid(logits[start:start + 3]) if head.kind == "affinity" else None
+            return boundary, affinities
+        start += channels
+    raise SystemExit(f"bench_train: {checkpoint} has no affinity or boundary head")
+
+
+def predicted_boundary(checkpoint: Path, image: np.ndarray, patch_zyx) -> np.ndarray:
+    return predicted_maps(checkpoint, image, patch_zyx)[0]
+
+
+def raw_boundary(image: np.ndarray, sigma_vx) -> np.ndarray:
+    from scipy import ndimage
+
+    values = image.astype(np.float32)
+    values = 1.0 - (values - values.min()) / max(float(values.max() - values.min()), 1e-9)
+    if any(sigma_vx):
+        values = ndimage.gaussian_filter(values, sigma_vx)
+    return values.astype(np.float32)
+
+
+def row(name: str, scores: dict) -> str:
+    b, d = scores["best"], scores["default"]
+    return (f"{name:<34} {b['adapted_rand_error']:>8.4f} {b['voi_split']:>7.3f} {b['voi_merge']:>7.3f}"
+            f"  {b['seeds']:<10} {b['threshold']:<4}  {d['adapted_rand_error']:>8.4f}")
+
+
+HEADER = (f"{'boundary map':<34} {'ARAND':>8} {'VOIs':>7} {'VOIm':>7}  {'seeds':<10} {'thr':<4}  "
+          f"{'ARAND@default':>8}")
+
+
+# ----------------------------------------------------------------------------- (a) throughput
+
+def bench_throughput(out: Path, quick: bool) -> dict:
+    from emtools import io
+    from emtools.meta import Metadata
+    from emtools.synth import make_synthetic_volume
+
+    data = out / "synthetic"
+    data.mkdir(parents=True, exist_ok=True)
+    v = make_synthetic_volume((24, 128, 128), seed=0, voxel_size_nm=(40, 4, 4), mean_cell_diameter_nm=200,
+                              membrane_thickness_nm=12)
+    io.write_volume(f"{data}/image.h5:/image", v.image, Metadata(voxel_size_nm=(40, 4, 4)))
+    io.write_volume(f"{data}/gt.h5:/gt", v.neurons, Metadata(voxel_size_nm=(40, 4, 4)))
+    steps = 16 if quick else 60
+    patch = [8, 96, 96]
+    common = [f"data.volumes.0.image={data}/image.h5:/image", f"data.volumes.0.labels={data}/gt.h5:/gt",
+              "model=rsunet-efficient", "model.widths=8,24,64,64,64", "model.norm=group",
+              f"data.patch_zyx={','.join(map(str, patch))}", f"train.steps={steps}", f"train.log_every={steps // 4}",
+              "validation.every=0", "train.checkpoint_every=100000", "data.augment=flip", "-q"]
+    voxels = int(np.prod(patch))
+    results = {}
+    for name, nproc, threads in (("1 process, 1 thread", 1, 1), ("1 process, 2 threads", 1, 2),
+                                 ("2 ranks (gloo), 1 thread each", 2, 1)):
+        run = fresh(out / f"throughput-{nproc}x{threads}")
+        say(f"throughput: {name}, {steps} steps")
+        wall = em_train([*common, "-o", str(run)], nproc=nproc, threads=threads)
+        rate = steady_rate(run)
+        results[name] = {"samples_per_s": rate, "voxels_per_s": rate * voxels, "wall_s": wall}
+    base = results["1 process, 2 threads"]["samples_per_s"]
+    print(f"\n(a) throughput: rsunet-efficient widths 8,24,64,64,64, crop {patch}, batch 1 per rank")
+    print(f"{'setting':<32} {'samples/s':>10} {'Mvoxel/s':>9} {'vs 1x2':>7}")
+    for name, r in results.items():
+        print(f"{name:<32} {r['samples_per_s']:>10.3f} {r['voxels_per_s'] / 1e6:>9.3f} {r['samples_per_s'] / base:>6.2f}x")
+    return {"patch_zyx": patch, "steps": steps, "results": results}
+
+
+# ----------------------------------------------------------------------------- (b) ISBI, (c) gala
+
+def train_real(name: str, config: str, overrides: list[str], quick_overrides: list[str], out: Path, quick: bool,
+               budget_s: float) -> tuple[int, float, Path, Path]:
+    """Train ``config`` for the budget (or a few steps); (steps, wall s, run folder, best checkpoint)."""
+    if quick:
+        overrides = [*overrides, *quick_overrides]
+        steps, per_step = 30, None
+    else:
+        steps, per_step = fitted_steps(config, overrides, out, budget_s * 0.92, cap=6000)
+    every = max(10, steps // 4)
+    run = fresh(out / name)
+    say(f"{name}: {steps} steps" + (f" (~{per_step:.2f} s/step)" if per_step else ""))
+    wall = em_train(["--config", config, *overrides, f"train.steps={steps}", f"validation.every={every}",
+                     f"train.checkpoint_every={every}", "-q", "-o", str(run)])
+    checkpoint = run / "best.pt" if (run / "best.pt").exists() else run / "last.pt"
+    return steps, wall, run, checkpoint
+
+
+def bench_isbi(out: Path, quick: bool, budget_s: float) -> dict:
+    from emtools import io
+    from emtools.train.data import label_components
+
+    steps, wall, run, checkpoint = train_real(
+        "isbi", "examples/train_isbi.yaml", [f"data.volumes.0.image={ISBI / 'image'}",
+                                             f"data.volumes.0.labels={ISBI / 'label'}"],
+        ["model.widths=8,16,32,64,128", "data.augment=flip"], out, quick, budget_s)
+    image, _ = io.read_volume(str(ISBI / "image"))
+    labels, _ = io.read_volume(str(ISBI / "label"))
+    test_image, gt = image[25:30], label_components(labels[25:30], "2d")
+    ours = sweep(predicted_boundary(checkpoint, test_image, [2, 256, 256]), gt, (50, 4, 4), "2d")
+    raw = sweep(raw_boundary(test_image, (0, 0, 0)), gt, (50, 4, 4), "2d")
+    smooth = sweep(raw_boundary(test_image, (0, 2, 2)), gt, (50, 4, 4), "2d")
+    print(f"\n(b) ISBI 2012, slices 25-29 held out; {steps} steps in {wall / 60:.1f} min ({checkpoint.name}); "
+          "per-section watershed")
+    print(HEADER)
+    print(row("em-train (unet2d boundary)", ours))
+    print(row("raw intensity, inverted", raw))
+    print(row("raw intensity, inverted, gauss 2", smooth))
+    return {"steps": steps, "wall_s": wall, "checkpoint": str(checkpoint), "ours": ours, "raw": raw,
+            "raw_gauss2": smooth, "validation": records(run, "val")}
+
+
+# ----------------------------------------------------------------------------- (c) gala
+
+def bench_gala(out: Path, quick: bool, budget_s: float) -> dict:
+    from emtools import io
+
+    steps, wall, run, checkpoint = train_real(
+        "gala", "examples/train_gala.yaml", [f"data.volumes.0.image={GALA / 'train-image.h5'}:stack",
+                                             f"data.volumes.0.labels={GALA / 'train-gt.lzf.h5'}:stack"],
+        ["model.widths=8,16,32,64", "data.augment=flip"], out, quick, budget_s)
+    image, _ = io.read_volume(f"{GALA / 'train-image.h5'}:stack")
+    gt, _ = io.read_volume(f"{GALA / 'train-gt.lzf.h5'}:stack")
+    p1, _ = io.read_volume(f"{GALA / 'train-p1.lzf.h5'}:stack")
+    held = slice(34, 50)
+    gt = gt[held].astype(np.uint64)
+    boundary, affinities = predicted_maps(checkpoint, image[held], [16, 64, 64])
+    ours = sweep(boundary, gt, (10, 10, 10), "3d", {"affinities": affinities})
+    raw_map = raw_boundary(image[held], (0, 0, 0))
+    raw = sweep(raw_map, gt, (10, 10, 10), "3d", {"boundary": raw_map})
+    smooth_map = raw_boundary(image[held], (1, 1, 1))
+    smooth = sweep(smooth_map, gt, (10, 10, 10), "3d", {"boundary": smooth_map})
+    reference = sweep(p1[held], gt, (10, 10, 10), "3d", {"boundary": p1[held]})
+    print(f"\n(c) gala FIB-SEM, z 34-49 held out; {steps} steps in {wall / 60:.1f} min ({checkpoint.name}); 3D watershed")
+    print(HEADER)
+    print(row("em-train (unet3d affinities)", ours))
+    print(row("raw intensity, inverted", raw))
+    print(row("raw intensity, inverted, gauss 1", smooth))
+    print(row("gala train-p1 (trained on it)", reference))
+    print("3D watershed + agglomeration (mean affinity; best seed threshold x merge threshold):")
+    print(f"{'boundary map':<34} {'ARAND':>8} {'VOIs':>7} {'VOIm':>7}  {'seeds':<10} {'thr':<4} {'merge':>5}")
+    for name, scores in (("em-train (unet3d affinities)", ours), ("raw intensity, inverted", raw),
+                         ("raw intensity, inverted, gauss 1", smooth), ("gala train-p1 (trained on it)", reference)):
+        a = scores["agglomerated"]
+        print(f"{name:<34} {a['adapted_rand_error']:>8.4f} {a['voi_split']:>7.3f} {a['voi_merge']:>7.3f}  "
+              f"{a['seeds']:<10} {a['threshold']:<4} {a['merge_threshold']:>5}")
+    return {"steps": steps, "wall_s": wall, "checkpoint": str(checkpoint), "ours": ours, "raw": raw,
+            "raw_gauss1": smooth, "gala_p1_reference": reference, "validation": records(run, "val")}
+
+
+# ----------------------------------------------------------------------------- (d) models
+
+MODELS = {
+    "rsunet": ["model=rsunet", "model.widths=12,16,24,36,52"],
+    "rsunet-efficient": ["model=rsunet-efficient", "model.widths=12,32,96,96,96"],
+}
+
+
+def bench_models(out: Path, quick: bool, budget_s: float) -> dict:
+    from emtools import io
+    from emtools.train.data import label_components
+
+    config = "examples/train_isbi.yaml"
+    patch = [4, 128, 128]
+    base = [f"data.volumes.0.image={ISBI / 'image'}", f"data.volumes.0.labels={ISBI / 'label'}",
+            f"data.patch_zyx={','.join(map(str, patch))}", "data.augment=flip,grayscale"]
+    if quick:
+        steps = 12
+        base += ["model.depth=3"]
+        models = {name: [args[0], ",".join(args[1].split(",")[:3])] for name, args in MODELS.items()}
+    else:
+        models = MODELS
+        # One schedule for both: as many steps as the slower model fits in the budget.
+        slowest = max(fitted_steps(config, [*base, *args], out / name, budget_s, cap=100000, floor=1)[1]
+                      for name, args in models.items())
+        steps = max(20, min(3000, int(budget_s * 0.92 / slowest)))
+    image, _ = io.read_volume(str(ISBI / "image"))
+    labels, _ = io.read_volume(str(ISBI / "label"))
+    test_image, gt = image[25:30], label_components(labels[25:30], "2d")
+    results = {}
+    for name, args in models.items():
+        run = fresh(out / f"models-{name}")
+        say(f"models: {name}, {steps} steps")
+        wall = em_train(["--config", config, *base, *args, f"train.steps={steps}", f"train.log_every={max(2, steps // 6)}",
+                         "validation.every=0", f"train.checkpoint_every={steps}", "-q", "-o", str(run)])
+        rate = steady_rate(run)
+        scores = sweep(predicted_boundary(run / "last.pt", test_image, patch), gt, (50, 4, 4), "2d")
+        results[name] = {"seconds_per_step": 1.0 / rate, "wall_s": wall, "scores": scores, "args": args}
+    print(f"\n(d) rsunet vs rsunet-efficient on ISBI (slices 25-29 held out), crop {patch}, {steps} steps each")
+    print(f"{'model':<18} {'s/step':>7} {'ARAND':>8} {'VOIs':>7} {'VOIm':>7} {'ARAND@default':>14}")
+    for name, r in results.items():
+        b, d = r["scores"]["best"], r["scores"]["default"]
+        print(f"{name:<18} {r['seconds_per_step']:>7.3f} {b['adapted_rand_error']:>8.4f} {b['voi_split']:>7.3f} "
+              f"{b['voi_merge']:>7.3f} {d['adapted_rand_error']:>14.4f}")
+    return {"patch_zyx": patch, "steps": steps, "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few steps per part: proves the pipeline")
+    parser.add_argument("--only", default="throughput,isbi,gala,models", help="comma list of parts")
+    parser.add_argument("--out", default=str(ROOT / "bench-out"), help="folder for runs and checkpoints")
+    parser.add_argument("--budget-min", type=float, default=20.0, help="training minutes per real-data run")
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    args = parser.parse_args()
+    out = Path(args.out) / "train"
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(parts) - {"throughput", "isbi", "gala", "models"}
+    if unknown:
+        parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    if any(p in parts for p in ("isbi", "models")) and not ISBI.exists():
+        sys.exit(f"bench_train: ISBI 2012 not found at {ISBI}")
+    if "gala" in parts and not GALA.exists():
+        sys.exit(f"bench_train: gala not found at {GALA}")
+    budget = args.budget_min * 60
+    results = {"quick": args.quick, "budget_min": args.budget_min}
+    for part in parts:
+        started = time.perf_counter()
+        if part == "throughput":
+            results[part] = bench_throughput(out, args.quick)
+        elif part == "isbi":
+            results[part] = bench_isbi(out, args.quick, budget)
+        elif part == "gala":
+            results[part] = bench_gala(out, args.quick, budget)
+        else:
+            results[part] = bench_models(out, args.quick, budget)
+        results[part]["bench_wall_s"] = time.perf_counter() - started
+        say(f"{part} took {(time.perf_counter() - started) / 60:.1f} min")
+        sys.stdout.flush()
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""em-train: train a segmentation model on EM volumes (one CPU to many GPUs under torchrun)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import click
+
+from emtools.cli.common import contract, emit, log, version_option
+from emtools.errors import EmError
+
+TOOL = "em-train"
+
+HELP = """Train a segmentation model (rsunet, rsunet-efficient, unet3d, unet2d) on image
+volumes with labels, as the YAML --config and the KEY=VALUE overrides say; write
+checkpoints, metrics.jsonl and optional curves into RUN_DIR (-o). Prints the paths of the
+final checkpoints (last.pt, best.pt) on stdout.
+
+Overrides set any config key by its dotted path; list entries by index:
+train.steps=2000, model=rsunet-efficient (sets model.name), model.widths=24,64,192,
+model.heads=affinity:3,foreground:1, data.patch_zyx=18,160,160,
+data.volumes.0.image=raw.h5:/raw, data.volumes.0.val_region='last 5 z',
+targets.foreground.loss=bce+dice, data.augment=flip,rotate,elastic, optim.lr=3e-4.
+Values take the type of their key; none clears an optional key; structured values may be
+YAML flow text ('data.augment=[[elastic, {p: 0.3}]]'). An unknown key is an error naming
+the closest valid one. --print-config shows every key with its value.
+
+Each head of the model learns a target (targets.HEAD.kind: affinity, boundary, foreground,
+contour, cleft, distance, semantic), computed from the labels after augmentation, with
+its loss (bce, dice, bce+dice; mse or l1 on tanh for distances; ce for semantic) and
+weight. Crops are drawn outside each volume's val_region ('last 5 z', 'z0:z1,y0:y1,x0:x1',
+'all'); the model is validated there every validation.every steps by a sliding window:
+losses, adapted Rand / VOI of a quick watershed for affinity and boundary heads, voxel
+precision / recall / F1 for foreground-like heads. best.pt keeps the best. A volume may
+carry a predicted probability map (probabilities:) instead of labels: its confident voxels
+train one head (self-training; examples/self_training.md).
+
+Checkpoints (step_N.pt every train.checkpoint_every steps, the newest train.keep kept;
+last.pt) load with emtools.models.checkpoint.load_model and carry the heads, the image
+normalisation, the voxel size and the input size that em-predict uses, plus the training
+state: --resume continues exactly where last.pt stopped (same weights as a run never
+stopped, on CPU in deterministic mode). A NaN/Inf loss stops the run with exit 1, keeping
+the checkpoints written before it.
+
+Under torchrun every rank samples its own crops from the same seed, gradients are averaged
+(DDP: gloo on CPU, NCCL on cuda:LOCAL_RANK) and only rank 0 writes; optim.lr_scaling=linear
+or sqrt scales the rate with the number of workers (use warm-up).
+
+\b
+Examples:
+  em-train --config examples/train_isbi.yaml -o runs/isbi
+  em-train --config c.yaml train.steps=2000 model=rsunet-efficient data.patch_zyx=18,160,160 -o run
+  em-train --config c.yaml --print-config > resolved.yaml
+  em-train -o runs/isbi --resume train.steps=20000
+  torchrun --nproc-per-node=4 -m emtools.cli.train --config c.yaml optim.lr_scaling=linear -o run
+"""
+
+
+class StatusLine:
+    """One self-rewriting line on stderr (a terminal): step, loss, samples/s."""
+
+    def __init__(self, batch: int, world: int):
+        self.batch, self.world = batch, world
+        self.mark_step: int | None = None  # the rate counts from here (start, or after a validation)
+        self.mark_time = time.perf_counter()
+        self.width = 0
+
+    def __call__(self, info: dict) -> None:
+        now = time.perf_counter()
+        if info["split"] != "step":
+            self.clear()
+            log.info(_val_line(info))
+            self.mark_step, self.mark_time = info["step"], time.perf_counter()
+            return
+        if self.mark_step is None:
+            self.mark_step, self.mark_time = info["step"], now
+        done = info["step"] - self.mark_step
+        rate = f"{done * self.batch * self.world / max(now - self.mark_time, 1e-9):.2f} samples/s" if done else ""
+        text = f"step {info['step']}/{info['steps']}  loss {info['loss']:.4g}  {rate}".rstrip()
+        sys.stderr.write("\r" + text.ljust(self.width))
+        sys.stderr.flush()
+        self.width = len(text)
+
+    def clear(self) -> None:
+        if self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+            self.width = 0
+
+
+class LogLines:
+    """A log line every ``every`` steps (stderr is not a terminal)."""
+
+    def __init__(self, every: int, batch: int, world: int):
+        self.every, self.batch, self.world = every, batch, world
+        self.mark = time.perf_counter()
+        self.losses: list[float] = []
+
+    def __call__(self, info: dict) -> None:
+        if info["split"] != "step":
+            log.info(_val_line(info))
+            self.mark = time.perf_counter()  # validation time is not training throughput
+            return
+        self.losses.append(info["loss"])
+        if info["step"] % self.every and info["step"] != info["steps"]:
+            return
+        now = time.perf_counter()
+        rate = len(self.losses) * self.batch * self.world / max(now - self.mark, 1e-9)
+        log.info("step %d/%d loss %.4g lr %.3g %.2f samples/s", info["step"], info["steps"],
+                 sum(self.losses) / len(self.losses), info["lr"], rate)
+        self.mark, self.losses = now, []
+
+
+def _val_line(info: dict) -> str:
+    shown = [f"{k} {v:.4g}" for k, v in info.items()
+             if k not in ("step", "steps", "split") and isinstance(v, float) and not k.endswith(".threshold")]
+    return f"validation at step {info['step']}: " + ", ".join(shown[:8])
+
+
+@click.command(help=HELP)
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML configuration (defaults for every key not given; see --print-config).")
+@click.option("-o", "--output", "run_dir", default=None, help="Run folder (or the config key run_dir).")
+@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last.pt (config from the checkpoint, plus --config and overrides).")
+@click.option("--print-config", is_flag=True, help="Print the resolved configuration as YAML on stdout and exit.")
+@click.option("--plot", default=None, help="Write loss/metric curves to this PNG at the end (config key train.plot).")
+@click.option("--seed", type=int, default=None, help="Seed of weights, sampling and augmentation (config key seed).")
+@version_option(TOOL)
+@contract(TOOL)
+def main(overrides, config_path, run_dir, resume, print_config, plot, seed):
+    from emtools.ranks import ranks_from_env
+    from emtools.train import config as cfg
+
+    env = ranks_from_env()
+    if not env.is_main:
+        log.setLevel(logging.WARNING)
+    overrides = list(overrides)
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    if plot is not None:
+        overrides.append(f"train.plot={plot}")
+    payload = None
+    if resume:
+        from emtools.train import state
+
+        base_dir = run_dir or _run_dir_from(config_path, overrides)
+        if base_dir is None:
+            raise EmError("--resume needs the run folder: -o RUN_DIR")
+        last = os.path.join(base_dir, state.LAST)
+        if not os.path.exists(last):
+            raise EmError(f"--resume: no checkpoint to resume from ({last})")
+        payload = state.read_resume(last)
+        config = cfg.load_config(config_path, overrides, base=payload["training"]["config"])
+    else:
+        config = cfg.load_config(config_path, overrides)
+    run_dir = run_dir or config["run_dir"]
+    config["run_dir"] = run_dir
+    if print_config:
+        if env.is_main:
+            sys.stdout.write(cfg.to_yaml(config))
+            sys.stdout.flush()
+        return
+    if run_dir is None:
+        raise EmError("no run folder: give -o RUN_DIR (or run_dir in the config)")
+    _check_run_dir(run_dir, resume)
+    _train(config, run_dir, env, payload)
+
+
+def _run_dir_from(config_path, overrides):
+    from emtools.train import config as cfg
+
+    raw = cfg.apply_overrides(cfg.load_yaml(config_path) if config_path else {}, overrides)
+    return raw.get("run_dir")
+
+
+def _check_run_dir(run_dir: str, resume: bool) -> None:
+    from emtools.train import state
+
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise EmError(f"the run folder is a file ({run_dir})")
+    if not resume and os.path.exists(os.path.join(run_dir, state.LAST)):
+        raise EmError(f"{run_dir} already holds a run (last.pt); use --resume to continue it or another -o")
+
+
+def _train(config: dict, run_dir: str, env, payload) -> None:
+    from emtools.train import loop
+    from emtools.train.state import check_same_spec
+
+    prepared = loop.prepare(config, env)  # every input checked before RUN_DIR is touched
+    if payload is not None:
+        check_same_spec(payload, prepared.spec, os.path.join(run_dir, "last.pt"))
+    batch, world = config["data"]["batch_size"], env.world_size
+    quiet = log.level > logging.INFO
+    if quiet:
+        on_step = None
+    elif sys.stderr.isatty():
+        on_step = StatusLine(batch, world)
+    else:
+        on_step = LogLines(config["train"]["log_every"], batch, world)
+    log.info("%s; %d volume(s); crop %s; %d step(s) on %d rank(s)", prepared.spec.describe(),
+             len(prepared.volumes), ",".join(map(str, config["data"]["patch_zyx"])), config["train"]["steps"], world)
+    try:
+        result = loop.train(config, run_dir, env, resume=payload, on_step=on_step, prepared=prepared)
+    finally:
+        if isinstance(on_step, StatusLine):
+            on_step.clear()
+        if env.is_main and config["train"]["plot"]:
+            _plot(run_dir, config["train"]["plot"])
+    if env.is_main:
+        for path in (result.last, result.best):
+            if path:
+                emit(path)
+
+
+def _plot(run_dir: str, path: str) -> None:
+    import json
+
+    from emtools.train.plots import write_curves
+
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(metrics):
+        return
+    with open(metrics) as handle:
+        records = [json.loads(line) for line in handle if line.strip().startswith("{")]
+    write_curves(records, path, title=run_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""em-train's configuration keys: their types, defaults and meaning, and value conversion.
+
+:data:`SCHEMA` is the table of every key (nested sections; ``data.volumes`` entries follow
+:data:`VOLUME`, ``targets.HEAD`` entries :data:`TARGET`). :func:`convert` turns a value from YAML
+or from the command line (text) into the key's type, with one-line errors. How files, overrides
+and checks combine is :mod:`emtools.train.config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from typing import Any, Mapping, Sequence
+
+from emtools.errors import EmError
+from emtools.models.heads import ACTIVATIONS
+
+KINDS = tuple(ACTIVATIONS)
+LOSSES = {  # which losses each kind of head may use ("+" combines them, summed)
+    "sigmoid": ("bce", "dice"),
+    "tanh": ("mse", "l1"),
+    "softmax": ("ce", "dice"),
+}
+DEFAULT_LOSS = {"sigmoid": "bce", "tanh": "mse", "softmax": "ce"}
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One configuration key: its type, default, allowed values and meaning."""
+
+    kind: str  # int float bool str int3 float3 floats choice augment params offsets
+    default: Any = None
+    help: str = ""
+    choices: tuple = ()
+    optional: bool = False
+    minimum: float | None = None
+
+
+def _f(kind, default=None, help="", choices=(), optional=False, minimum=None) -> Field:
+    return Field(kind, default, help, tuple(choices), optional, minimum)
+
+
+VOLUME = {
+    "image": _f("str", None, "image volume spec (file.h5:/raw, stack.tif, a folder of slices)"),
+    "labels": _f("str", None, "labels: instance ids (uint), 0 = background / boundary", optional=True),
+    "mask": _f("str", None, "where the labels are valid (non-zero = labelled); default: everywhere",
+               optional=True),
+    "probabilities": _f("str", None, "pseudo-labels: a predicted probability map instead of labels",
+                        optional=True),
+    "pseudo_head": _f("str", None, "the head the probability map trains (default: the first sigmoid head)",
+                      optional=True),
+    "confidence": _f("float", 0.9, "pseudo-labels count where max(p, 1-p) >= this", minimum=0.5),
+    "voxel_size_nm": _f("float3", None, "override the files' voxel size z,y,x (nm)", optional=True),
+    "val_region": _f("str", None, "held-out region: 'last 5 z', 'first 64 y', 'z0:z1,y0:y1,x0:x1' "
+                     "(local voxels, empty bound = whole axis) or 'all' (validation only)", optional=True),
+    "label_components": _f("choice", "none", "labels are a binary mask: use its connected components "
+                           "per section (2d) or in 3D as instances", choices=("none", "2d", "3d")),
+    "weight": _f("float", 1.0, "sampling weight (times the training voxels)", minimum=0.0),
+}
+
+TARGET = {
+    "kind": _f("choice", None, "what the head predicts (default: the head's name)", choices=KINDS,
+               optional=True),
+    "offsets": _f("offsets", None, "affinity offsets [[dz,dy,dx],...] (default nearest neighbours)",
+                  optional=True),
+    "params": _f("params", {}, "extra parameters of emtools.targets.build_target for this kind"),
+    "loss": _f("str", "auto", "bce, dice, bce+dice (sigmoid heads); mse, l1 (distance); ce, ce+dice "
+               "(semantic); auto picks bce / mse / ce"),
+    "weight": _f("float", 1.0, "weight of this head's loss in the sum", minimum=0.0),
+    "balance": _f("choice", "none", "class: weight voxels by inverse class frequency",
+                  choices=("none", "class")),
+    "border_weight": _f("float", 0.0, "w0 of U-Net border weights (0 = off)", minimum=0.0),
+    "border_sigma_vx": _f("float", 5.0, "sigma of the border weights (voxels)", minimum=0.0),
+    "border_mode": _f("choice", "2d", "border weights per section or in 3D", choices=("2d", "3d")),
+}
+
+SCHEMA: dict[str, Any] = {
+    "seed": _f("int", 0, "seed of the weights, the sampling and the augmentations", minimum=0),
+    "run_dir": _f("str", None, "output folder (or -o): checkpoints, metrics.jsonl, curves", optional=True),
+    "model": "model",  # a model spec, validated by emtools.models.spec
+    "data": {
+        "volumes": "volumes",
+        "patch_zyx": _f("int3", [18, 160, 160], "training crop z,y,x (must fit the model's pooling)"),
+        "batch_size": _f("int", 1, "crops per step and rank", minimum=1),
+        "num_workers": _f("int", 0, "DataLoader worker processes per rank (0: in the main process)", minimum=0),
+        "min_foreground": _f("float", None, "reject crops with a smaller foreground fraction (default: "
+                             "automatic for sparse foreground targets)", optional=True, minimum=0.0),
+        "foreground_tries": _f("int", 20, "at most this many crops tried per sample", minimum=1),
+        "augment": _f("augment", [], "augmentation steps: names or [name, {p: 0.5, ...}] (emtools.augment)"),
+    },
+    "targets": "targets",
+    "optim": {
+        "name": _f("choice", "adam", "optimizer", choices=("adam", "adamw", "sgd")),
+        "lr": _f("float", 1e-3, "base learning rate (one worker)", minimum=0.0),
+        "weight_decay": _f("float", 0.0, "L2 (adam, sgd) or decoupled (adamw) weight decay", minimum=0.0),
+        "momentum": _f("float", 0.9, "SGD momentum", minimum=0.0),
+        "betas": _f("floats", [0.9, 0.999], "Adam betas"),
+        "schedule": _f("choice", "warmup_cosine", "learning-rate schedule",
+                       choices=("warmup_cosine", "warmup_step", "constant")),
+        "warmup_steps": _f("int", 100, "linear warm-up from 0 over this many steps", minimum=0),
+        "min_lr_ratio": _f("float", 0.0, "cosine floor as a fraction of the peak rate", minimum=0.0),
+        "step_every": _f("int", 1000, "warmup_step: multiply by gamma every this many steps", minimum=1),
+        "gamma": _f("float", 0.1, "warmup_step: decay factor", minimum=0.0),
+        "lr_scaling": _f("choice", "none", "scale lr with the number of workers: none, linear, sqrt",
+                         choices=("none", "linear", "sqrt")),
+        "grad_clip": _f("float", 0.0, "clip the gradient norm to this (0 = off)", minimum=0.0),
+    },
+    "train": {
+        "steps": _f("int", 1000, "optimizer steps in all", minimum=1),
+        "log_every": _f("int", 10, "metrics line every this many steps", minimum=1),
+        "checkpoint_every": _f("int", 500, "step_N.pt and last.pt every this many steps", minimum=1),
+        "keep": _f("int", 3, "step_N.pt files kept (0: only last.pt)", minimum=0),
+        "device": _f("choice", "auto", "auto (cuda when available), cpu or cuda (cuda:LOCAL_RANK under "
+                     "torchrun)", choices=("auto", "cpu", "cuda")),
+        "precision": _f("choice", "fp32", "fp32; bf16 or fp16 (autocast; fp16 with a grad scaler) on GPU; "
+                        "bf16 on CPUs with bf16 units", choices=("fp32", "bf16", "fp16")),
+        "deterministic": _f("choice", "auto", "torch.use_deterministic_algorithms (auto: on for CPU)",
+                            choices=("auto", "true", "false")),
+        "threads": _f("int", None, "torch CPU threads per rank", optional=True, minimum=1),
+        "init_from": _f("str", None, "start from these weights (a checkpoint of the same model spec)",
+                        optional=True),
+        "sync_batchnorm": _f("bool", False, "SyncBatchNorm across ranks (GPU only)"),
+        "plot": _f("str", None, "write loss/metric curves to this PNG (or --plot)", optional=True),
+    },
+    "validation": {
+        "every": _f("int", 500, "validate every this many steps and at the end (0: never)", minimum=0),
+        "thresholds": _f("floats", [0.3, 0.5, 0.7], "watershed seed thresholds tried (the best is kept)"),
+        "seeds": _f("choice", "components", "watershed seeds: connected regions below the threshold, or "
+                    "distance-transform maxima", choices=("components", "distance")),
+        "min_size": _f("int", 20, "watershed: smaller seeds are dropped, smaller fragments merged", minimum=0),
+        "overlap_zyx": _f("int3", None, "sliding-window overlap (default: a quarter of the patch)",
+                          optional=True),
+        "best_metric": _f("str", "auto", "metric that picks best.pt (auto: adapted Rand for affinity/"
+                          "boundary heads, else F1, else loss)"),
+    },
+}
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def closest(word: str, choices: Sequence[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    if match:
+        return f"; did you mean '{match[0]}'?"
+    return f"; valid keys: {', '.join(choices)}" if len(choices) <= 12 else ""
+
+
+def _parse_text(value: str) -> Any:
+    """A command-line value: YAML for structured text ([..], {..}), else the plain string."""
+    text = value.strip()
+    if text[:1] in "[{":
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise EmError(f"'{value}' is not valid YAML flow syntax") from None
+    return text
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", ""))
+
+
+def _items(value: Any) -> list:
+    if isinstance(value, str):
+        value = _parse_text(value)
+        if isinstance(value, str):
+            return [v.strip() for v in value.replace("x", ",").split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _number(key: str, value: Any, cast) -> Any:
+    if isinstance(value, bool):
+        raise EmError(f"{key}={value!r} is not a number")
+    try:
+        return cast(str(value).strip()) if cast is int else cast(value)
+    except (TypeError, ValueError):
+        raise EmError(f"{key}={value!r} is not {'an integer' if cast is int else 'a number'}") from None
+
+
+def convert(key: str, field: Field, value: Any) -> Any:
+    """``value`` (from YAML or the command line) as the type of ``field``; one-line errors."""
+    if field.kind not in ("augment", "params") and (value is None or (field.optional and _is_null(value))):
+        if field.optional:
+            return None
+        raise EmError(f"{key} needs a value")
+    kind = field.kind
+    if kind == "int":
+        out = _number(key, value, int)
+    elif kind == "float":
+        out = _number(key, value, float)
+    elif kind == "bool":
+        text = str(value).strip().lower()
+        if isinstance(value, bool) or text in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value if isinstance(value, bool) else text in ("true", "yes", "on", "1")
+        raise EmError(f"{key}={value!r} is not true/false")
+    elif kind == "str":
+        return str(value)
+    elif kind == "choice":
+        text = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
+        if text not in field.choices:
+            match = difflib.get_close_matches(text, list(field.choices), n=1, cutoff=0.5)
+            hint = f"; did you mean '{match[0]}'?" if match else ""
+            raise EmError(f"{key}={value!r} is not one of {', '.join(field.choices)}{hint}")
+        return text
+    elif kind in ("int3", "float3"):
+        cast = int if kind == "int3" else float
+        parts = [_number(key, v, cast) for v in _items(value)]
+        if len(parts) == 1:
+            parts = parts * 3
+        if len(parts) != 3:
+            raise EmError(f"{key}={value!r} is not a z,y,x triple (e.g. 18,160,160)")
+        if min(parts) <= 0:
+            raise EmError(f"{key}={value!r} must be positive")
+        return parts
+    elif kind == "floats":
+        out = [_number(key, v, float) for v in _items(value)]
+        if not out:
+            raise EmError(f"{key} needs at least one number")
+        return out
+    elif kind == "offsets":
+        raw = _parse_text(value) if isinstance(value, str) else value
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(o, (list, tuple)) and len(o) == 3 for o in raw):
+            raise EmError(f"{key} must be a list of z,y,x offsets, e.g. [[-1,0,0],[0,-1,0],[0,0,-1]]")
+        return [[_number(key, v, int) for v in o] for o in raw]
+    elif kind == "params":
+        raw = {} if _is_null(value) else (_parse_text(value) if isinstance(value, str) else value)
+        if not isinstance(raw, Mapping):
+            raise EmError(f"{key} must be a mapping, e.g. '{{sigma_vx: 2}}'")
+        return json.loads(json.dumps(dict(raw)))
+    elif kind == "augment":
+        return _augment_steps(key, [] if _is_null(value) else value)
+    else:  # pragma: no cover - a schema typo
+        raise AssertionError(kind)
+    if field.minimum is not None and out is not None:
+        values = out if isinstance(out, list) else [out]
+        if any(v < field.minimum for v in values):
+            raise EmError(f"{key}={value!r} must be at least {field.minimum:g}")
+    return out
+
+
+def _augment_steps(key: str, value: Any) -> list:
+    """Steps as ``[[name, {every option}], ...]`` from names, ``{name: .., p: ..}`` or ``[name, {..}]``.
+
+    Options are checked and completed by :func:`emtools.augment.check_steps` (``p`` defaults to
+    1: a step applies to every sample unless it says otherwise).
+    """
+    from emtools import augment
+
+    if isinstance(value, str):
+        parsed = _parse_text(value)
+        value = [v.strip() for v in parsed.split(",") if v.strip()] if isinstance(parsed, str) else parsed
+    if not isinstance(value, (list, tuple)):
+        raise EmError(f"{key} must be a list of augmentation steps")
+    steps = []
+    for item in value:
+        if isinstance(item, str):
+            steps.append((item.strip(), {}))
+        elif isinstance(item, Mapping) and "name" in item:
+            steps.append((str(item["name"]), {k: v for k, v in item.items() if k != "name"}))
+        elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], Mapping):
+            steps.append((str(item[0]), dict(item[1])))
+        else:
+            raise EmError(f"{key}: cannot read augmentation step {item!r}; write a name, "
+                          "{name: elastic, p: 0.3} or [elastic, {p: 0.3}]")
+    try:
+        resolved = augment.check_steps(steps)
+    except EmError as exc:
+        raise EmError(f"{key}: {exc}") from None
+    return [[name, params] for name, params in json.loads(json.dumps(resolved))]

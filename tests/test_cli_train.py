@@ -1,0 +1,271 @@
+"""em-train as users run it: outputs, checkpoint contract, one-line errors, NaN stop, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, assert_one_line_error, run_tool, shared_data, tool_command
+from emtools import io
+from emtools.meta import Metadata
+from emtools.models.checkpoint import load_model, read_checkpoint
+from emtools.models.heads import heads_from_dict
+from emtools.synth import make_synthetic_volume
+
+META = Metadata(voxel_size_nm=(40, 4, 4))
+# A tiny model and crop: every test here trains in about a second.
+TINY = ["model.widths=4,8", "model.norm=group", "data.patch_zyx=4,32,32", "train.threads=1",
+        "optim.warmup_steps=2", "train.log_every=1"]
+
+
+def write_data(folder, shape=(10, 48, 48), seed=1):
+    """Synthetic EM image, neuron ids and mitochondria as HDF5 files; returns their specs."""
+    v = make_synthetic_volume(shape, seed=seed, voxel_size_nm=(40, 4, 4), mean_cell_diameter_nm=100,
+                              membrane_thickness_nm=8, mitochondria=True)
+    specs = {"image": f"{folder}/image.h5:/image", "labels": f"{folder}/gt.h5:/neurons",
+             "mito": f"{folder}/mito.h5:/mito"}
+    io.write_volume(specs["image"], v.image, META)
+    io.write_volume(specs["labels"], v.neurons, META)
+    io.write_volume(specs["mito"], v.mitochondria, META)
+    return specs
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("train-data"))
+
+
+def data_args(specs, val="last 3 z"):
+    return [f"data.volumes.0.image={specs['image']}", f"data.volumes.0.labels={specs['labels']}",
+            f"data.volumes.0.val_region={val}"]
+
+
+def train(*args):
+    from click.testing import CliRunner
+
+    from emtools.cli.train import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    result.returncode = result.exit_code
+    return result
+
+
+def test_trains_and_writes_the_checkpoint_contract(tmp_path, specs):
+    run = tmp_path / "run"
+    result = run_tool("train", *data_args(specs), *TINY, "model.heads=affinity:3,foreground:1", "train.steps=4",
+                      "train.checkpoint_every=2", "validation.every=2", "data.augment=flip", "-o", run,
+                      "--plot", tmp_path / "curves.png")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{run}/last.pt\n{run}/best.pt\n"
+    assert sorted(os.listdir(run)) == ["best.pt", "last.pt", "metrics.jsonl", "step_2.pt", "step_4.pt"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    model, spec, extra = load_model(str(run / "last.pt"))
+    assert spec.heads == (("affinity", 3), ("foreground", 1)) and spec.widths == (4, 8)
+    heads = heads_from_dict(extra["heads"], spec.heads)  # what em-predict reads
+    assert [h.kind for h in heads] == ["affinity", "foreground"]
+    assert heads[0].offsets == ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
+    assert set(extra["normalization"]) == {"scale", "mean", "std"}
+    assert extra["normalization"]["scale"] == pytest.approx(1 / 255)
+    assert extra["voxel_size_nm"] == [40, 4, 4] and extra["input_size_zyx"] == [4, 32, 32] and extra["step"] == 4
+    assert extra["validation"]["affinity.adapted_rand_error"] is not None
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == [1, 2, 3, 4]
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["step"] for r in val] == [2, 4]
+    assert {"loss", "affinity.adapted_rand_error", "affinity.voi_split", "foreground.f1"} <= set(val[0])
+    training = read_checkpoint(str(run / "last.pt"))["training"]
+    assert training["step"] == 4 and training["sampler"]["next_index"] == 4 and len(training["rng"]) == 1
+    assert training["config"]["model"]["widths"] == [4, 8]
+
+
+def test_print_config_prints_the_resolved_yaml_only(tmp_path, specs):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "rsunet-efficient"}, "train": {"steps": 7}}))
+    result = train("--config", config, *data_args(specs), "train.steps=9", "--print-config")
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["train"]["steps"] == 9 and printed["model"]["stride_in"] == [1, 2, 2]
+    from emtools.train.config import resolve
+
+    assert resolve(printed) == printed
+    assert not (tmp_path / "run").exists()
+
+
+def _mismatched(tmp_path, specs):
+    image, _ = io.read_volume(specs["image"])
+    io.write_volume(f"{tmp_path}/short.h5:/x", np.ones((10, 48, 40), np.uint64), META)
+    io.write_volume(f"{tmp_path}/fine.h5:/x", np.ones(image.shape, np.uint64), Metadata(voxel_size_nm=(40, 2, 2)))
+    io.write_volume(f"{tmp_path}/empty.h5:/x", np.zeros(image.shape, np.uint64), META)
+
+
+@pytest.mark.parametrize("case,args,fragments", [
+    ("shape", ["data.volumes.0.labels={tmp}/short.h5:/x"], ["shape 10x48x40", "does not match 10x48x48"]),
+    ("voxel", ["data.volumes.0.labels={tmp}/fine.h5:/x"], ["voxel sizes differ"]),
+    ("empty", ["data.volumes.0.labels={tmp}/empty.h5:/x", "model.heads=foreground:1"], ["no foreground"]),
+    ("crop", ["data.patch_zyx=12,32,32"], ["crop 12,32,32 is larger than"]),
+    ("pooling", ["data.patch_zyx=4,31,32"], ["does not fit the pooling", "nearest valid sizes 4,30,32 or 4,32,32"]),
+    ("key", ["train.stepz=3"], ["unknown config key 'train.stepz'; did you mean 'train.steps'?"]),
+    ("fp16", ["train.precision=fp16"], ["fp16 needs a GPU"]),
+    ("cuda", ["train.device=cuda"], ["no CUDA device"]),
+    ("val", ["data.volumes.0.val_region=all"], ["nothing to train on"]),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, specs, case, args, fragments):
+    _mismatched(tmp_path, specs)
+    if case == "cuda" and torch.cuda.is_available():
+        pytest.skip("a CUDA device is available here")
+    run = tmp_path / "run"
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = train(*data_args(specs), *TINY, "train.steps=1", *extra, "-o", run)
+    assert_one_line_error(result, "train", *fragments)
+    assert not run.exists()
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_refused(tmp_path, specs):
+    from emtools.profile.options import cpu_has_bf16_units
+
+    result = train(*data_args(specs), *TINY, "train.steps=1", "train.precision=bf16", "train.device=cpu",
+                   "-o", tmp_path / "run")
+    if cpu_has_bf16_units():
+        assert result.returncode == 0, result.stderr
+    else:
+        assert_one_line_error(result, "train", "emulated and ~80x slower")
+
+
+def test_an_existing_run_is_not_overwritten_and_resume_checks_the_model(tmp_path, specs):
+    run = tmp_path / "run"
+    assert train(*data_args(specs), *TINY, "train.steps=2", "validation.every=0", "-o", run, "-q").returncode == 0
+    before = (run / "last.pt").read_bytes()
+    assert_one_line_error(train(*data_args(specs), *TINY, "train.steps=2", "-o", run), "train",
+                          "already holds a run", "--resume")
+    result = train("-o", run, "--resume", "model.widths=4,16")
+    assert_one_line_error(result, "train", "different model (widths: [4,8] vs [4,16])")
+    assert_one_line_error(train("-o", tmp_path / "none", "--resume"), "train", "no checkpoint to resume from")
+    assert (run / "last.pt").read_bytes() == before
+    # Resuming a finished run with more steps continues it.
+    result = train("-o", run, "--resume", "train.steps=3", "-q")
+    assert result.returncode == 0, result.stderr
+    assert read_checkpoint(str(run / "last.pt"))["training"]["step"] == 3
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, specs):
+    run = tmp_path / "run"
+    result = train(*data_args(specs), *TINY, "train.steps=10", "optim.name=sgd", "optim.lr=1e30",
+                   "optim.schedule=constant", "optim.warmup_steps=0", "train.checkpoint_every=1",
+                   "validation.every=0", "-o", run, "-q")
+    assert_one_line_error(result, "train", "loss is NaN at step 2", f"last good checkpoint is {run}/last.pt (step 1)")
+    assert read_checkpoint(str(run / "last.pt"))["extra"]["step"] == 1
+    load_model(str(run / "last.pt"))
+
+
+def _poll_and_signal(process, path, sig, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    process.send_signal(sig)
+    return process.wait(timeout=60)
+
+
+def _state(path):
+    payload = read_checkpoint(str(path))
+    return payload["state_dict"], (payload.get("training") or {}).get("optimizer", {}).get("state")
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path, specs):
+    args = [*data_args(specs), *TINY, "model.heads=affinity:3,foreground:1", "data.augment=flip,grayscale",
+            "optim.grad_clip=0.5",
+            "data.num_workers=1", "train.steps=24", "train.checkpoint_every=4", "train.keep=2", "validation.every=8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = run_tool("train", *args, "-o", tmp_path / "whole", "-q")
+    assert whole.returncode == 0, whole.stderr
+
+    run = tmp_path / "killed"
+    command = tool_command("train") + [str(a) for a in args] + ["-o", str(run), "-q"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _poll_and_signal(first, run / "step_8.pt", signal.SIGTERM) == 143
+    assert "em-train: error: terminated" in first.stderr.read()
+    assert read_checkpoint(str(run / "last.pt"))["training"]["step"] < 24
+    second = subprocess.Popen(tool_command("train") + ["-o", str(run), "--resume", "-q"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _poll_and_signal(second, run / "step_16.pt", signal.SIGKILL) == -signal.SIGKILL
+    assert read_checkpoint(str(run / "last.pt"))["training"]["step"] < 24
+    resumed = run_tool("train", "-o", run, "--resume", "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout == f"{run}/last.pt\n{run}/best.pt\n"
+
+    weights, moments = _state(tmp_path / "whole" / "last.pt")
+    weights_resumed, moments_resumed = _state(run / "last.pt")
+    assert weights.keys() == weights_resumed.keys()
+    assert all(torch.equal(weights[k], weights_resumed[k]) for k in weights)
+    assert all(torch.equal(moments[i]["exp_avg"], moments_resumed[i]["exp_avg"]) for i in moments)
+    best, best_resumed = _state(tmp_path / "whole" / "best.pt")[0], read_checkpoint(str(run / "best.pt"))["state_dict"]
+    assert all(torch.equal(best[k], best_resumed[k]) for k in best)
+
+    def log(folder, split, key):
+        return [r[key] for r in map(json.loads, open(folder / "metrics.jsonl")) if r["split"] == split]
+
+    assert log(run, "train", "loss") == log(tmp_path / "whole", "train", "loss") and len(log(run, "train", "loss")) == 24
+    assert log(run, "val", "loss") == log(tmp_path / "whole", "val", "loss") and log(run, "val", "step") == [8, 16, 24]
+    assert not [n for n in os.listdir(run) if n.startswith(".")]  # no temporaries left by the kills
+
+
+def test_self_training_fine_tunes_on_confident_pseudo_labels(tmp_path, specs):
+    """Stage 1 trains a boundary head; its prediction on 'unlabelled' data becomes pseudo-labels."""
+    from emtools.normalize import normalize_image
+    from emtools.train.validate import predict
+
+    stage1 = tmp_path / "stage1"
+    assert train(*data_args(specs), *TINY, "model.heads=boundary:1", "train.steps=3", "validation.every=0",
+                 "-o", stage1, "-q").returncode == 0
+    model, spec, extra = load_model(str(stage1 / "last.pt"))
+    unlabelled = write_data(tmp_path, shape=(6, 48, 48), seed=5)["image"]
+    image, _ = io.read_volume(unlabelled)
+    logits = predict(model, normalize_image(image, extra["normalization"]), 1, [4, 32, 32], [1, 8, 8], torch.device("cpu"))
+    probabilities = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    io.write_volume(f"{tmp_path}/pseudo.h5:/p", probabilities, Metadata(axes="czyx", voxel_size_nm=(40, 4, 4)))
+    stage2 = tmp_path / "stage2"
+    result = train(*data_args(specs), *TINY, "model.heads=boundary:1", "train.steps=2", "validation.every=0",
+                   f"train.init_from={stage1}/last.pt", f"data.volumes.1.image={unlabelled}",
+                   f"data.volumes.1.probabilities={tmp_path}/pseudo.h5:/p", "data.volumes.1.confidence=0.6",
+                   "-o", stage2, "-q")
+    assert result.returncode == 0, result.stderr
+    tuned = read_checkpoint(str(stage2 / "last.pt"))
+    assert tuned["extra"]["normalization"] == extra["normalization"]  # the stage-1 inputs, unchanged
+    assert any(not torch.equal(tuned["state_dict"][k], v) for k, v in model.state_dict().items())
+    result = train(*data_args(specs), *TINY, "model.heads=boundary:1", "model.widths=4,16", "train.steps=1",
+                   f"train.init_from={stage1}/last.pt", "-o", tmp_path / "stage3")
+    assert_one_line_error(result, "train", "different model")
+
+
+@pytest.mark.parametrize("example", ["train_isbi.yaml", "train_gala.yaml"])
+def test_example_configs_resolve_and_read_their_real_data(example, monkeypatch):
+    """The example configs point at ../shared/data (relative to the project root) and pass every check."""
+    from emtools.train.config import load_config
+    from emtools.train.loop import prepare
+
+    shared_data()
+    monkeypatch.chdir(ROOT)
+    prepared = prepare(load_config(f"examples/{example}", ["train.device=cpu"]))
+    assert prepared.volumes[0].val_box is not None and prepared.volumes[0].labels.max() > 1
+
+
+def test_trains_on_isbi_png_slices(tmp_path, monkeypatch):
+    """Real ssTEM: PNG folders, a voxel size override, binary labels -> per-section instances."""
+    shared_data("isbi2012")
+    monkeypatch.chdir(ROOT)
+    run = tmp_path / "isbi"
+    result = train("--config", "examples/train_isbi.yaml", "model.widths=4,8", "data.patch_zyx=1,64,64",
+                   "data.num_workers=0", "train.steps=2", "validation.every=2", "validation.thresholds=0.5",
+                   "-o", run, "-q")
+    assert result.returncode == 0, result.stderr
+    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert val["split"] == "val" and 0.0 <= val["boundary.adapted_rand_error"] <= 1.0
+    assert read_checkpoint(str(run / "last.pt"))["extra"]["voxel_size_nm"] == [50, 4, 4]
