@@ -36,7 +36,8 @@ test:
 
 bench:
 	mkdir -p bench-out
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --out bench-out; done
+	# each benchmark measures us and the peers in one run; what it prints also lands in bench-out/NAME.log
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --out bench-out | tee bench-out/$$(basename $$b .py).log; done
 
 man:
 	$(BIN)/python -m emtools.manpages man

@@ -90,7 +90,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--json", default=None, help="also write the numbers as JSON here")
     parser.add_argument("--quick", action="store_true", help="3 repeats, to check the script")
+    parser.add_argument("--out", default=None, help="folder for bench_augment.json (make bench)")
     args = parser.parse_args()
+    if args.out and not args.json:
+        os.makedirs(args.out, exist_ok=True)
+        args.json = os.path.join(args.out, "bench_augment.json")
     repeat = 3 if args.quick else args.repeat
 
     volume = make_synthetic_volume(PATCH_ZYX, seed=0, voxel_size_nm=(40, 4, 4), mitochondria=True)

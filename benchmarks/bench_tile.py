@@ -2,7 +2,7 @@
 
 Both sides run as separate processes in the same run, on the same input, with the same HDF5
 compression (gzip level 1); each process's peak RSS comes from wait4(). The volume is larger than
-one chunk by 64x and 128x (and the second volume is 4x the first), so the table shows whether
+one chunk by 64x and 128x (the second volume is twice the first), so the table shows whether
 memory follows the chunk (ours) or the volume (the whole-array copy).
 
     python benchmarks/bench_tile.py [--out DIR] [--quick]
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the JSON result (default: print only)")
     parser.add_argument("--quick", action="store_true", help="smaller volumes (a smoke run)")
     args = parser.parse_args()
-    shapes = [(64, 512, 512), (128, 1024, 1024)] if not args.quick else [(32, 256, 256), (64, 512, 512)]
+    shapes = [(128, 1024, 1024), (256, 1024, 1024)] if not args.quick else [(32, 256, 256), (64, 512, 512)]
     results = []
     with tempfile.TemporaryDirectory(dir=args.out) as workdir:
         for shape in shapes:

@@ -300,7 +300,8 @@ def test_bad_inputs_and_outputs_are_one_line_errors(tmp_path, data):
     twin = str(tmp_path / "a" / "raw.h5:/image")
     assert_one_line_error(predict(data["ckpt"], data["raw"], twin, "-o", tmp_path / "{name}_{head}.h5"), "predict",
                           f"{data['raw']} (head affinity) and {twin} (head affinity) would both write")
-    result = run_inprocess_env({"RANK": "0", "WORLD_SIZE": "2"}, data["ckpt"], "-", "-o", tmp_path / "{name}_{head}.h5")
+    result = run_inprocess_env({"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"},
+                               data["ckpt"], "-", "-o", tmp_path / "{name}_{head}.h5")
     assert_one_line_error(result, "predict", "under torchrun the ranks cannot share stdin")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "two.h5"]
 

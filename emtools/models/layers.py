@@ -96,3 +96,20 @@ def init_weights(model: nn.Module, seed: int | None = None) -> None:
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
                 if module.bias is not None:
                     module.bias.zero_()
+
+
+def u_path(x: torch.Tensor, enc: nn.ModuleList, pool: nn.ModuleList, decode) -> torch.Tensor:
+    """The U of every model here: encoder levels going down through the pools, then back up.
+
+    ``decode(level, coarse, skip)`` joins the coarser result with that level's encoder output.
+    """
+    skips = []
+    for level in range(len(enc) - 1):
+        x = enc[level](x)
+        skips.append(x)
+        x = pool[level](x)
+    x = enc[-1](x)
+    for level in range(len(enc) - 2, -1, -1):
+        x = decode(level, x, skips[level])
+    return x
+

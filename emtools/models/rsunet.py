@@ -124,14 +124,6 @@ class RSUNet(nn.Module):
         self.out = output_layer(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed_in(x)
-        skips = []
-        depth = len(self.enc)
-        for level in range(depth - 1):
-            x = self.enc[level](x)
-            skips.append(x)
-            x = self.pool[level](x)
-        x = self.enc[depth - 1](x)
-        for level in range(depth - 2, -1, -1):
-            x = self.dec[level](self.up[level](x, skips[level]))
+        x = layers.u_path(self.embed_in(x), self.enc, self.pool,
+                          lambda level, coarse, skip: self.dec[level](self.up[level](coarse, skip)))
         return self.out(x)

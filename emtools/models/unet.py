@@ -64,15 +64,8 @@ class UNet(nn.Module):
         if self.dims == 2:
             # (N, C, Z, Y, X) -> (N*Z, C, Y, X): each section is one 2D image.
             x = x.transpose(1, 2).reshape(batch * z, x.shape[1], x.shape[3], x.shape[4])
-        skips = []
-        depth = len(self.enc)
-        for level in range(depth - 1):
-            x = self.enc[level](x)
-            skips.append(x)
-            x = self.pool[level](x)
-        x = self.enc[depth - 1](x)
-        for level in range(depth - 2, -1, -1):
-            x = self.dec[level](self.cat[level](self.up[level](x), skips[level]))
+        x = layers.u_path(x, self.enc, self.pool,
+                          lambda level, coarse, skip: self.dec[level](self.cat[level](self.up[level](coarse), skip)))
         x = self.head(x)
         if self.dims == 2:
             x = x.reshape(batch, z, x.shape[1], x.shape[2], x.shape[3]).transpose(1, 2)
