@@ -8,7 +8,8 @@ iterations are interleaved round-robin so that load from other processes hits al
    balanced widths with the baseline's pooling, for transparency).
 3. The efficient model under each execution option (em-profile's comparison); the fastest one.
 4. The baseline under that fastest option too (the fair comparison), unless --skip-baseline-best.
-5. Per-level convolution GFLOP/s of the efficient model as a share of the measured peak.
+5. Per-level convolution GFLOP/s of the efficient model as a share of the measured peak (eager,
+   channels_last, channels_last+onednn).
 
 Usage:  python benchmarks/bench_models.py [--input 18,160,160] [--repeat 5] [--json out.json] [--out DIR] [--quick]
 
@@ -28,7 +29,7 @@ import time
 
 import torch
 
-from emtools.models import build_model, resolve_spec
+from emtools.models import build_model, onednn, resolve_spec
 from emtools.profile import flops as flopmod
 from emtools.profile.options import compare_options, cpu_has_bf16_units, default_options, fastest, time_option
 from emtools.profile.report import level_summary
@@ -162,10 +163,15 @@ def main() -> int:
             baseline_best.seconds = min(baseline_best.times)
         out["baseline_best"] = baseline_best.to_dict()
 
-    say("per-layer profile of the efficient model (eager and channels_last)")
+    say("per-layer profile of the efficient model (eager, channels_last, channels_last+onednn)")
     level_rows = {}
-    for fmt_name, fmt in (("eager", torch.contiguous_format), ("channels_last", torch.channels_last_3d)):
+    formats = [("eager", torch.contiguous_format, False), ("channels_last", torch.channels_last_3d, False)]
+    if onednn.available():
+        formats.append(("channels_last+onednn", torch.channels_last_3d, True))
+    for fmt_name, fmt, forced in formats:
         model = build_model(resolve_spec("rsunet-efficient"), seed=0).train().to(memory_format=fmt)
+        if forced:
+            onednn.use_onednn(model)
         xin = x.contiguous(memory_format=fmt)
         layer_list = flopmod.trace_layers(model, shape)
         measured = measure_layers(model, xin, repeats=2, warmup=1)
@@ -230,7 +236,7 @@ def main() -> int:
         if baseline_best and baseline_best.seconds:
             emit(f"same option on both: baseline {baseline_best.name} / efficient {best.name}: "
                   f"{baseline_best.seconds / best.seconds:.2f}x")
-    for fmt_name in ("eager", "channels_last"):
+    for fmt_name in (name for name, _, _ in formats):
         levels = level_rows[fmt_name]
         emit(f"efficient {fmt_name}: fwd+bwd {level_rows[fmt_name + '_gflops']:.1f} GFLOP/s overall = "
               f"{level_rows[fmt_name + '_gflops'] / (peak.flops_per_s / 1e9):.0%} of peak; conv share of peak "

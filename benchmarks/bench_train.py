@@ -2,7 +2,7 @@
 rsunet vs rsunet-efficient on one schedule.
 
     python benchmarks/bench_train.py [--quick] [--only throughput,isbi,gala,models] [--out DIR]
-                                     [--budget-min 20] [--json results.json]
+                                     [--budget-min 16] [--json results.json]
 
 (a) throughput: training samples/s and voxels/s of one model and crop, one process (1 and 2
     threads) vs 2 ranks under torchrun (gloo, 1 thread each) on a synthetic volume.
@@ -227,19 +227,21 @@ def bench_throughput(out: Path, quick: bool) -> dict:
 
 def train_real(name: str, config: str, overrides: list[str], quick_overrides: list[str], out: Path, quick: bool,
                budget_s: float) -> tuple[int, float, Path, Path]:
-    """Train ``config`` for the budget (or a few steps); (steps, wall s, run folder, best checkpoint)."""
+    """Train ``config`` for the budget (or a few steps); (steps, wall s, run folder, last checkpoint)."""
     if quick:
         overrides = [*overrides, *quick_overrides]
         steps, per_step = 30, None
     else:
-        steps, per_step = fitted_steps(config, overrides, out, budget_s * 0.92, cap=6000)
+        # 0.88: validation and checkpoints also take time, and the whole run must fit the budget
+        steps, per_step = fitted_steps(config, overrides, out, budget_s * 0.88, cap=6000)
     every = max(10, steps // 4)
     run = fresh(out / name)
     say(f"{name}: {steps} steps" + (f" (~{per_step:.2f} s/step)" if per_step else ""))
     wall = em_train(["--config", config, *overrides, f"train.steps={steps}", f"validation.every={every}",
                      f"train.checkpoint_every={every}", "-q", "-o", str(run)])
-    checkpoint = run / "best.pt" if (run / "best.pt").exists() else run / "last.pt"
-    return steps, wall, run, checkpoint
+    # The last checkpoint, not best.pt: best.pt is chosen by validation on the very region scored
+    # here, which would flatter us against the baselines.
+    return steps, wall, run, run / "last.pt"
 
 
 def bench_isbi(out: Path, quick: bool, budget_s: float) -> dict:
@@ -356,7 +358,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few steps per part: proves the pipeline")
     parser.add_argument("--only", default="throughput,isbi,gala,models", help="comma list of parts")
     parser.add_argument("--out", default=str(ROOT / "bench-out"), help="folder for runs and checkpoints")
-    parser.add_argument("--budget-min", type=float, default=20.0, help="training minutes per real-data run")
+    # 16, not 20: the steps are fitted to a short calibration, and on a shared host the rest of
+    # the run can be 20% slower; 16 keeps a real-data run (validation included) under 20 minutes.
+    parser.add_argument("--budget-min", type=float, default=16.0, help="training minutes per real-data run")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     out = Path(args.out) / "train"

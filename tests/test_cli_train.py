@@ -269,3 +269,20 @@ def test_trains_on_isbi_png_slices(tmp_path, monkeypatch):
     val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert val["split"] == "val" and 0.0 <= val["boundary.adapted_rand_error"] <= 1.0
     assert read_checkpoint(str(run / "last.pt"))["extra"]["voxel_size_nm"] == [50, 4, 4]
+
+
+def test_onednn_convolutions_train_to_the_same_weights(tmp_path, specs):
+    weights = []
+    for flag in ("false", "true"):
+        run = tmp_path / f"run-{flag}"
+        result = train(*data_args(specs), *TINY, "model=rsunet-efficient", "model.widths=4,8,8", "train.steps=3",
+                       "validation.every=0", "data.augment=flip", f"train.onednn={flag}",
+                       # SGD: Adam would blow the float noise of gradients that are zero in exact
+                       # arithmetic (biases just before a norm) up to full-size steps
+                       "optim.name=sgd", "optim.lr=0.05", "-q", "-o", run)
+        assert result.returncode == 0, result.output
+        weights.append(read_checkpoint(str(run / "last.pt"))["state_dict"])
+    assert list(weights[0]) == list(weights[1])
+    for name, value in weights[0].items():
+        if value.is_floating_point():
+            assert torch.allclose(value, weights[1][name], atol=1e-4), name

@@ -104,13 +104,14 @@ def test_a_chunk_with_the_exact_halo_equals_the_whole_volume(tta):
         assert (diff < 1e-5) == exact, (shrink, diff)
 
 
-def test_batch_size_channels_last_and_bf16_agree():
+def test_batch_size_channels_last_onednn_and_bf16_agree():
     spec, model = _model("rsunet-efficient")
     image = np.random.default_rng(2).standard_normal((4, 24, 24)).astype(np.float32)
     heads = default_heads(spec.heads)
     kwargs = dict(patch_zyx=(4, 16, 16), overlap=("fraction", (0.0, 0.5, 0.5)))
     base = predict_volume(model, image, heads, batch=1, **kwargs)
-    for extra in ({"batch": 3}, {"channels_last": True}):
+    # onednn last: it switches the model's convolutions over in place
+    for extra in ({"batch": 3}, {"channels_last": True}, {"channels_last": True, "onednn": True}):
         out = predict_volume(model, image, heads, **kwargs, **extra)
         assert max(np.abs(out[h] - base[h]).max() for h in base) < 1e-5, extra
     out = predict_volume(model, image, heads, precision="bf16", **kwargs)  # autocast: close, not equal

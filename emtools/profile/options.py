@@ -11,6 +11,10 @@ eager                   plain fp32, contiguous tensors: the reference
 channels_last           weights and input in channels_last_3d (NDHWC) memory format
 compile                 ``torch.compile`` (inductor; needs a C++ compiler on CPU)
 compile+channels_last   both of the above
+onednn                  every stride-1 3D convolution forced onto oneDNN, forward and backward
+                        (CPU fp32; PyTorch's heuristic sends small batch-1 3D convs to a slower
+                        native path: see :mod:`emtools.models.onednn`)
+channels_last+onednn    both of the above
 bf16                    ``torch.autocast`` to bfloat16 (CPU and GPU)
 fp16                    ``torch.autocast`` to float16 (GPU only)
 cudnn_benchmark         ``torch.backends.cudnn.benchmark = True`` (GPU only)
@@ -36,10 +40,11 @@ import torch
 from torch import nn
 
 from emtools.errors import EmError
+from emtools.models import onednn
 from emtools.profile.timing import loss_of, synchronize
 
-ALL_OPTIONS = ("eager", "channels_last", "compile", "compile+channels_last", "bf16", "fp16",
-               "cudnn_benchmark", "jit_freeze")
+ALL_OPTIONS = ("eager", "channels_last", "compile", "compile+channels_last", "onednn", "channels_last+onednn",
+               "bf16", "fp16", "cudnn_benchmark", "jit_freeze")
 SLOW_FACTOR = 10.0  # an option whose first iteration is this much slower than eager is cut short
 
 
@@ -67,6 +72,8 @@ def cpu_has_bf16_units() -> bool:
 def default_options(device: torch.device, mode: str) -> list[str]:
     """The options worth measuring on ``device``: all that can run and are not known to be slow."""
     names = ["eager", "channels_last", "compile", "compile+channels_last"]
+    if device.type == "cpu" and onednn.available():
+        names += ["onednn", "channels_last+onednn"]
     if device.type == "cuda":
         names += ["bf16", "fp16", "cudnn_benchmark"]
     elif cpu_has_bf16_units():
@@ -84,7 +91,8 @@ def parse_options(text: str, device: torch.device, mode: str) -> list[str]:
     if text == "default":
         return default_options(device, mode)
     names = [n.strip().replace("-", "_") for n in text.split(",") if n.strip()]
-    names = [n.replace("compile_channels_last", "compile+channels_last") for n in names]
+    names = [n.replace("compile_channels_last", "compile+channels_last")
+             .replace("channels_last_onednn", "channels_last+onednn") for n in names]
     for name in names:
         if name not in ALL_OPTIONS:
             import difflib
@@ -102,6 +110,10 @@ def unavailable_reason(name: str, device: torch.device, mode: str) -> str | None
         return "needs a CUDA GPU"
     if name == "bf16" and gpu and not torch.cuda.is_bf16_supported():
         return "this GPU has no bf16 support"
+    if "onednn" in name and gpu:
+        return "CPU only (oneDNN is the CPU convolution library)"
+    if "onednn" in name and not onednn.available():
+        return "this torch is built without oneDNN (mkldnn)"
     if name == "jit_freeze" and mode != "infer":
         return "inference only (use --mode infer)"
     if name.startswith("compile"):
@@ -125,6 +137,8 @@ def _prepare(name: str, model: nn.Module, x: torch.Tensor, mode: str):
         model = model.to(memory_format=fmt)
         if fmt == torch.channels_last_3d and x.dim() == 5:
             x = x.contiguous(memory_format=fmt)
+    if "onednn" in name:
+        onednn.use_onednn(model)
     if name in ("bf16", "fp16"):
         dtype = torch.bfloat16 if name == "bf16" else torch.float16
         autocast = lambda: torch.autocast(device_type=x.device.type, dtype=dtype)  # noqa: E731

@@ -119,6 +119,9 @@ SCHEMA: dict[str, Any] = {
         "deterministic": _f("choice", "auto", "torch.use_deterministic_algorithms (auto: on for CPU)",
                             choices=("auto", "true", "false")),
         "threads": _f("int", None, "torch CPU threads per rank", optional=True, minimum=1),
+        "onednn": _f("bool", False, "keep the 3D convolutions on oneDNN on CPU, forward and backward (PyTorch "
+                     "sends small batch-1 layers to a slower path; em-profile's onednn option measures "
+                     "the gain; results equal to float tolerance)"),
         "init_from": _f("str", None, "start from these weights (a checkpoint of the same model spec)",
                         optional=True),
         "sync_batchnorm": _f("bool", False, "SyncBatchNorm across ranks (GPU only)"),
