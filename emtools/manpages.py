@@ -112,5 +112,5 @@ def write_pages(out_dir: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    for page in write_pages(sys.argv[1] if len(sys.argv) > 1 else "man"):
-        print(page)
+    # `make man`: the written paths are this command's data, one per line on stdout.
+    sys.stdout.write("".join(f"{page}\n" for page in write_pages(sys.argv[1] if len(sys.argv) > 1 else "man")))
