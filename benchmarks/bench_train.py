@@ -314,7 +314,7 @@ MODELS = {
 }
 
 
-def bench_models(out: Path, quick: bool, budget_s: float) -> dict:
+def bench_models(out: Path, quick: bool, budget_s: float, fixed_steps: int | None = None) -> dict:
     from emtools import io
     from emtools.train.data import label_components
 
@@ -326,6 +326,8 @@ def bench_models(out: Path, quick: bool, budget_s: float) -> dict:
         steps = 12
         base += ["model.depth=3"]
         models = {name: [args[0], ",".join(args[1].split(",")[:3])] for name, args in MODELS.items()}
+    elif fixed_steps:
+        models, steps = MODELS, fixed_steps
     else:
         models = MODELS
         # One schedule for both: as many steps as the slower model fits in the budget.
@@ -362,6 +364,8 @@ def main() -> None:
     # the run can be 20% slower; 16 keeps a real-data run (validation included) under 20 minutes.
     parser.add_argument("--budget-min", type=float, default=16.0, help="training minutes per real-data run")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--models-steps", type=int, default=None,
+                        help="(d): this many steps for both models instead of what the budget fits")
     args = parser.parse_args()
     out = Path(args.out) / "train"
     out.mkdir(parents=True, exist_ok=True)
@@ -384,7 +388,7 @@ def main() -> None:
         elif part == "gala":
             results[part] = bench_gala(out, args.quick, budget)
         else:
-            results[part] = bench_models(out, args.quick, budget)
+            results[part] = bench_models(out, args.quick, budget, args.models_steps)
         results[part]["bench_wall_s"] = time.perf_counter() - started
         say(f"{part} took {(time.perf_counter() - started) / 60:.1f} min")
         sys.stdout.flush()

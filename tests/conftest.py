@@ -55,3 +55,25 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} (needs ../shared/data beside the checkout)")
     return path
+
+
+def assert_switch_trains_the_same(switch) -> None:
+    """``switch(model)`` (an execution option that swaps a model's convolutions in place) leaves
+    every gradient of a small rsunet-efficient equal to float tolerance, and its checkpoints load."""
+    import copy
+
+    import torch
+
+    from emtools.models import build_model, resolve_spec
+
+    torch.manual_seed(0)
+    model = build_model(resolve_spec("rsunet-efficient", ["widths=4,8,8", "norm=group", "norm_groups=2"]), seed=0)
+    fast = copy.deepcopy(model)
+    assert switch(fast) > 0
+    x = torch.randn(1, 1, 4, 32, 32)
+    for m in (model, fast):
+        m(x).square().mean().backward()
+    scale = max(float(p.grad.abs().max()) for p in model.parameters())
+    for (name, p), q in zip(model.named_parameters(), fast.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4 * scale), name
+    fast.load_state_dict(model.state_dict())  # checkpoints load either way

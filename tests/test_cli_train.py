@@ -271,12 +271,17 @@ def test_trains_on_isbi_png_slices(tmp_path, monkeypatch):
     assert read_checkpoint(str(run / "last.pt"))["extra"]["voxel_size_nm"] == [50, 4, 4]
 
 
-def test_onednn_convolutions_train_to_the_same_weights(tmp_path, specs):
+@pytest.mark.parametrize("option", ["onednn", "winograd"])
+def test_onednn_and_winograd_convolutions_train_to_the_same_weights(tmp_path, specs, monkeypatch, option):
+    from emtools.models import winograd
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)  # this tiny model's layers are all thin and small
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)
     weights = []
     for flag in ("false", "true"):
         run = tmp_path / f"run-{flag}"
         result = train(*data_args(specs), *TINY, "model=rsunet-efficient", "model.widths=4,8,8", "train.steps=3",
-                       "validation.every=0", "data.augment=flip", f"train.onednn={flag}",
+                       "validation.every=0", "data.augment=flip", f"train.{option}={flag}",
                        # SGD: Adam would blow the float noise of gradients that are zero in exact
                        # arithmetic (biases just before a norm) up to full-size steps
                        "optim.name=sgd", "optim.lr=0.05", "-q", "-o", run)

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_switch_trains_the_same
 from torch import nn
 
 from emtools.models import build_model, onednn, resolve_spec
@@ -55,17 +56,7 @@ def test_only_exact_cases_are_switched_and_state_dict_keys_stay():
 
 
 def test_a_whole_efficient_model_trains_the_same():
-    torch.manual_seed(0)
-    model = build_model(resolve_spec("rsunet-efficient", ["widths=4,8,8", "norm=group", "norm_groups=2"]), seed=0)
-    fast = copy.deepcopy(model)
-    assert onednn.use_onednn(fast) > 0
-    x = torch.randn(1, 1, 4, 32, 32)
-    for m in (model, fast):
-        m(x).square().mean().backward()
-    scale = max(float(p.grad.abs().max()) for p in model.parameters())
-    for (name, p), q in zip(model.named_parameters(), fast.parameters()):
-        assert torch.allclose(p.grad, q.grad, atol=1e-4 * scale), name
-    fast.load_state_dict(model.state_dict())  # checkpoints load either way
+    assert_switch_trains_the_same(onednn.use_onednn)
 
 
 def test_autocast_falls_back_to_the_default_path():

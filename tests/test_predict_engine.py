@@ -104,14 +104,19 @@ def test_a_chunk_with_the_exact_halo_equals_the_whole_volume(tta):
         assert (diff < 1e-5) == exact, (shrink, diff)
 
 
-def test_batch_size_channels_last_onednn_and_bf16_agree():
+def test_batch_size_channels_last_onednn_winograd_and_bf16_agree(monkeypatch):
+    from emtools.models import winograd
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)  # the test model is thin and small
+    monkeypatch.setattr(winograd, "MIN_TILES", 1)
     spec, model = _model("rsunet-efficient")
     image = np.random.default_rng(2).standard_normal((4, 24, 24)).astype(np.float32)
     heads = default_heads(spec.heads)
     kwargs = dict(patch_zyx=(4, 16, 16), overlap=("fraction", (0.0, 0.5, 0.5)))
     base = predict_volume(model, image, heads, batch=1, **kwargs)
-    # onednn last: it switches the model's convolutions over in place
-    for extra in ({"batch": 3}, {"channels_last": True}, {"channels_last": True, "onednn": True}):
+    # onednn and winograd last: they switch the model's convolutions over in place
+    for extra in ({"batch": 3}, {"channels_last": True}, {"channels_last": True, "onednn": True},
+                  {"channels_last": True, "winograd": True}):
         out = predict_volume(model, image, heads, **kwargs, **extra)
         assert max(np.abs(out[h] - base[h]).max() for h in base) < 1e-5, extra
     out = predict_volume(model, image, heads, precision="bf16", **kwargs)  # autocast: close, not equal

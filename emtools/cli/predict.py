@@ -102,6 +102,9 @@ Examples:
 @click.option("--onednn", is_flag=True,
               help="Force oneDNN for the 3D convolutions on the CPU (PyTorch sends small batch-1 layers to a "
                    "slower path; em-profile model --options onednn measures it).")
+@click.option("--winograd", is_flag=True,
+              help="Compute the wide 3x3x3 convolutions (>= 128 channels) by Winograd F(2,3) on the CPU and the "
+                   "rest on oneDNN (em-profile model --options winograd --mode infer measures it).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
@@ -115,7 +118,7 @@ Examples:
 @version_option(TOOL)
 @contract(TOOL)
 def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta, tta_reduce, head_names,
-         channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, onednn, device, threads,
+         channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, onednn, winograd, device, threads,
          normalization, voxel_size_nm, force, compression, skip_existing):
     io.parse_compression(compression)
     overlap_spec = windows.parse_overlap(overlap)
@@ -157,7 +160,7 @@ def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta
     predictor = engine.Predictor(
         model.module, model.heads, grid, selection=model.selection, blend=blend, tta=tta,
         tta_reduce=model.reduce, batch=batch, device=dev, precision=precision,
-        channels_last=channels_last, compile=compile_model, onednn=onednn,
+        channels_last=channels_last, compile=compile_model, onednn=onednn, winograd=winograd,
     )
     settings = Settings(model, dtype, compression, block_zyx, voxel_size_nm, {
         "checkpoint": checkpoint, "checkpoint_sha256": model.sha256, "model": model.spec.describe(),

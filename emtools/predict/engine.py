@@ -24,6 +24,7 @@ import torch
 
 from emtools.errors import EmError
 from emtools.models import onednn as onednn_mod
+from emtools.models import winograd as winograd_mod
 from emtools.models.heads import HeadSpec
 from emtools.predict import PRECISIONS
 from emtools.predict import tta as tta_mod
@@ -165,7 +166,8 @@ class Predictor:
                  selection: Sequence[Selection] | None = None, blend: str = "gaussian",
                  tta: int | Sequence[tta_mod.Variant] = 1, tta_reduce: str | Mapping[str, str] = "mean",
                  batch: int = 1, device: str | torch.device = "cpu", precision: str = "fp32",
-                 channels_last: bool = False, compile: bool = False, onednn: bool = False, activate: bool = True):
+                 channels_last: bool = False, compile: bool = False, onednn: bool = False, winograd: bool = False,
+                 activate: bool = True):
         if batch < 1:
             raise EmError(f"--batch {batch} must be at least 1")
         self.device = torch.device(device)
@@ -191,8 +193,10 @@ class Predictor:
         model = model.eval().to(self.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
-        if onednn and self.device.type == "cpu":
+        if (onednn or winograd) and self.device.type == "cpu":
             onednn_mod.use_onednn(model)
+        if winograd and self.device.type == "cpu":
+            winograd_mod.use_winograd(model)
         self.forward = _Forward(model, self.device, autocast_dtype(precision, self.device), compile)
         self.patches_done = 0
 

@@ -15,6 +15,10 @@ onednn                  every stride-1 3D convolution forced onto oneDNN, forwar
                         (CPU fp32; PyTorch's heuristic sends small batch-1 3D convs to a slower
                         native path: see :mod:`emtools.models.onednn`)
 channels_last+onednn    both of the above
+winograd                the wide 3x3x3 convolutions (>= 128 channels) by Winograd F(2,3), 3.4x
+                        fewer multiplies (:mod:`emtools.models.winograd`); the other stride-1 3D
+                        convolutions on oneDNN as above (CPU fp32)
+channels_last+winograd  both of the above
 bf16                    ``torch.autocast`` to bfloat16 (CPU and GPU)
 fp16                    ``torch.autocast`` to float16 (GPU only)
 cudnn_benchmark         ``torch.backends.cudnn.benchmark = True`` (GPU only)
@@ -40,10 +44,11 @@ import torch
 from torch import nn
 
 from emtools.errors import EmError
-from emtools.models import onednn
+from emtools.models import onednn, winograd
 from emtools.profile.timing import loss_of, synchronize
 
 ALL_OPTIONS = ("eager", "channels_last", "compile", "compile+channels_last", "onednn", "channels_last+onednn",
+               "winograd", "channels_last+winograd",
                "bf16", "fp16", "cudnn_benchmark", "jit_freeze")
 SLOW_FACTOR = 10.0  # an option whose first iteration is this much slower than eager is cut short
 
@@ -73,7 +78,7 @@ def default_options(device: torch.device, mode: str) -> list[str]:
     """The options worth measuring on ``device``: all that can run and are not known to be slow."""
     names = ["eager", "channels_last", "compile", "compile+channels_last"]
     if device.type == "cpu" and onednn.available():
-        names += ["onednn", "channels_last+onednn"]
+        names += ["onednn", "channels_last+onednn", "winograd", "channels_last+winograd"]
     if device.type == "cuda":
         names += ["bf16", "fp16", "cudnn_benchmark"]
     elif cpu_has_bf16_units():
@@ -92,7 +97,8 @@ def parse_options(text: str, device: torch.device, mode: str) -> list[str]:
         return default_options(device, mode)
     names = [n.strip().replace("-", "_") for n in text.split(",") if n.strip()]
     names = [n.replace("compile_channels_last", "compile+channels_last")
-             .replace("channels_last_onednn", "channels_last+onednn") for n in names]
+             .replace("channels_last_onednn", "channels_last+onednn")
+             .replace("channels_last_winograd", "channels_last+winograd") for n in names]
     for name in names:
         if name not in ALL_OPTIONS:
             import difflib
@@ -110,9 +116,11 @@ def unavailable_reason(name: str, device: torch.device, mode: str) -> str | None
         return "needs a CUDA GPU"
     if name == "bf16" and gpu and not torch.cuda.is_bf16_supported():
         return "this GPU has no bf16 support"
+    if "winograd" in name and gpu:
+        return "CPU only (on a GPU, cuDNN picks its own Winograd kernels: try cudnn_benchmark)"
     if "onednn" in name and gpu:
         return "CPU only (oneDNN is the CPU convolution library)"
-    if "onednn" in name and not onednn.available():
+    if ("onednn" in name or "winograd" in name) and not onednn.available():
         return "this torch is built without oneDNN (mkldnn)"
     if name == "jit_freeze" and mode != "infer":
         return "inference only (use --mode infer)"
@@ -137,8 +145,10 @@ def _prepare(name: str, model: nn.Module, x: torch.Tensor, mode: str):
         model = model.to(memory_format=fmt)
         if fmt == torch.channels_last_3d and x.dim() == 5:
             x = x.contiguous(memory_format=fmt)
-    if "onednn" in name:
+    if "onednn" in name or "winograd" in name:
         onednn.use_onednn(model)
+    if "winograd" in name:
+        winograd.use_winograd(model)
     if name in ("bf16", "fp16"):
         dtype = torch.bfloat16 if name == "bf16" else torch.float16
         autocast = lambda: torch.autocast(device_type=x.device.type, dtype=dtype)  # noqa: E731
@@ -149,6 +159,28 @@ def _prepare(name: str, model: nn.Module, x: torch.Tensor, mode: str):
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, still fast
             model = torch.jit.freeze(torch.jit.trace(model.eval(), x))
     return model, x, autocast
+
+
+def make_step(name: str, model: nn.Module, x: torch.Tensor, mode: str = "train", lr: float = 1e-4) -> Callable[[], None]:
+    """One iteration of option ``name`` on a private copy of ``model``: forward + backward + Adam step
+    (``mode="train"``) or a forward pass under inference mode. Raises where the option fails."""
+    own = copy.deepcopy(model)
+    own.train(mode == "train")
+    runner, xin, autocast = _prepare(name, own, x, mode)
+    optimizer = torch.optim.Adam(own.parameters(), lr=lr) if mode == "train" else None
+
+    def step() -> None:
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                loss = loss_of(runner(xin))
+            loss.backward()
+            optimizer.step()
+        else:
+            with torch.inference_mode(), autocast():
+                runner(xin)
+
+    return step
 
 
 def time_option(name: str, model: nn.Module, x: torch.Tensor, mode: str = "train", repeats: int = 3,
@@ -162,22 +194,7 @@ def time_option(name: str, model: nn.Module, x: torch.Tensor, mode: str = "train
     try:
         if name == "cudnn_benchmark":
             torch.backends.cudnn.benchmark = True
-        own = copy.deepcopy(model)
-        own.train(mode == "train")
-        runner, xin, autocast = _prepare(name, own, x, mode)
-        optimizer = torch.optim.Adam(own.parameters(), lr=lr) if mode == "train" else None
-
-        def step() -> None:
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                with autocast():
-                    loss = loss_of(runner(xin))
-                loss.backward()
-                optimizer.step()
-            else:
-                with torch.inference_mode(), autocast():
-                    runner(xin)
-
+        step = make_step(name, model, x, mode, lr)
         times: list[float] = []
         first_s = None
         for index in range(warmup + repeats):

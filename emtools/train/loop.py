@@ -28,7 +28,7 @@ import torch
 
 from emtools import interrupt
 from emtools.errors import EmError
-from emtools.models import build_model, onednn, split_heads
+from emtools.models import build_model, onednn, split_heads, winograd
 from emtools.models.geometry import check_input_size
 from emtools.models.heads import head_spec, heads_to_dict
 from emtools.models.spec import spec_from_dict
@@ -203,8 +203,10 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
     if norm is None:
         norm = fit_image_normalization(prepared.volumes, seed)
     model.to(device)
-    if tcfg["onednn"] and device.type == "cpu":
+    if (tcfg["onednn"] or tcfg["winograd"]) and device.type == "cpu":
         onednn.use_onednn(model)
+    if tcfg["winograd"] and device.type == "cpu":
+        winograd.use_winograd(model)
     peak = scaled_lr(ocfg["lr"], env.world_size, ocfg["lr_scaling"])
     optimizer = build_optimizer(ocfg["name"], model.parameters(), peak, ocfg["weight_decay"], ocfg["momentum"],
                                 tuple(ocfg["betas"]))
