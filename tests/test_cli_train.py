@@ -276,7 +276,7 @@ def test_onednn_and_winograd_convolutions_train_to_the_same_weights(tmp_path, sp
     from emtools.models import winograd
 
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)  # this tiny model's layers are all thin and small
-    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    monkeypatch.setattr(winograd, "MIN_VOXELS", 1)
     weights = []
     for flag in ("false", "true"):
         run = tmp_path / f"run-{flag}"

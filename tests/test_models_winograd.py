@@ -1,9 +1,10 @@
-"""Winograd F(2,3) 3D convolutions: forward and every gradient equal a direct convolution."""
+"""Winograd 3D convolutions (F(2,3) and F(4,3) tiles): forward and every gradient equal a direct convolution."""
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_switch_trains_the_same
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch is bu
 def everywhere(monkeypatch):
     """Switch every 3x3x3 convolution, however thin or small (the defaults skip thin ones)."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    monkeypatch.setattr(winograd, "MIN_VOXELS", 1)
 
 
 def _grads(conv, x):
@@ -54,6 +55,34 @@ def test_forward_and_every_gradient_equal_a_direct_convolution(everywhere, shape
     assert y.is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
     assert fast.weight.grad.is_contiguous(memory_format=torch.channels_last_3d if channels_last
                                           else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_one_axis_transforms_compute_a_correlation(m):
+    # A'[(G g) . (B' d)] = the m outputs of a 3-tap correlation of m + 2 inputs: checks the constants
+    rng = np.random.default_rng(m)
+    mats = winograd._MATRICES[m]
+    d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+    got = mats["AT"] @ ((mats["G"] @ g) * (mats["BT"] @ d))
+    assert np.allclose(got, [d[i:i + 3] @ g for i in range(m)], atol=1e-5)
+
+
+def test_the_plan_takes_f43_where_it_needs_fewer_products():
+    assert winograd.plan((9, 20, 20)) == (2, 4, 4)
+    assert winograd.plan((9, 10, 10)) == (2, 4, 4)  # 12 padded: 1.8 products per output against 2
+    assert winograd.plan((9, 5, 6)) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("steps", [(2, 2, 2), (2, 4, 4), (4, 4, 2), (4, 4, 4)])
+def test_every_tile_plan_gives_the_same_convolution(everywhere, monkeypatch, steps):
+    monkeypatch.setattr(winograd, "plan", lambda shape: steps)
+    torch.manual_seed(5)
+    ref = nn.Conv3d(6, 5, 3, padding=1)
+    fast = copy.deepcopy(ref)
+    winograd.use_winograd(fast)
+    x = torch.randn(2, 6, 7, 5, 9)
+    for index, (a, b) in enumerate(zip(_grads(ref, x), _grads(fast, x))):
+        assert torch.allclose(a, b, rtol=1e-4, atol=2e-5 * float(a.abs().max())), (steps, index)
 
 
 def test_wide_layers_are_exact_to_float_tolerance():
@@ -121,7 +150,7 @@ def test_small_volumes_and_autocast_fall_back_with_the_same_result():
     ref = nn.Conv3d(128, 128, 3, padding=1)
     fast = copy.deepcopy(ref)
     winograd.use_winograd(fast)
-    x = torch.randn(1, 128, 2, 6, 6)  # 9 tiles < MIN_TILES: the oneDNN path
+    x = torch.randn(1, 128, 2, 6, 6)  # 72 voxels < MIN_VOXELS: the oneDNN path
     assert torch.allclose(ref(x), fast(x), atol=1e-4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fast(torch.randn(1, 128, 2, 4, 4)).dtype == torch.bfloat16

@@ -108,7 +108,7 @@ def test_batch_size_channels_last_onednn_winograd_and_bf16_agree(monkeypatch):
     from emtools.models import winograd
 
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)  # the test model is thin and small
-    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    monkeypatch.setattr(winograd, "MIN_VOXELS", 1)
     spec, model = _model("rsunet-efficient")
     image = np.random.default_rng(2).standard_normal((4, 24, 24)).astype(np.float32)
     heads = default_heads(spec.heads)

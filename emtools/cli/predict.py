@@ -103,7 +103,7 @@ Examples:
               help="Force oneDNN for the 3D convolutions on the CPU (PyTorch sends small batch-1 layers to a "
                    "slower path; em-profile model --options onednn measures it).")
 @click.option("--winograd", is_flag=True,
-              help="Compute the wide 3x3x3 convolutions (>= 128 channels) by Winograd F(2,3) on the CPU and the "
+              help="Compute the wide 3x3x3 convolutions (>= 128 channels) by Winograd's algorithm on the CPU and the "
                    "rest on oneDNN (em-profile model --options winograd --mode infer measures it).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU.")

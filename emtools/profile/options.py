@@ -15,8 +15,9 @@ onednn                  every stride-1 3D convolution forced onto oneDNN, forwar
                         (CPU fp32; PyTorch's heuristic sends small batch-1 3D convs to a slower
                         native path: see :mod:`emtools.models.onednn`)
 channels_last+onednn    both of the above
-winograd                the wide 3x3x3 convolutions (>= 128 channels) by Winograd F(2,3), 3.4x
-                        fewer multiplies (:mod:`emtools.models.winograd`); the other stride-1 3D
+winograd                the wide 3x3x3 convolutions (>= 128 channels) by Winograd's algorithm,
+                        F(2,3) in z and F(4,3) in y, x: 6x fewer multiplies in the products
+                        (:mod:`emtools.models.winograd`); the other stride-1 3D
                         convolutions on oneDNN as above (CPU fp32)
 channels_last+winograd  both of the above
 bf16                    ``torch.autocast`` to bfloat16 (CPU and GPU)

@@ -122,8 +122,8 @@ SCHEMA: dict[str, Any] = {
         "onednn": _f("bool", False, "keep the 3D convolutions on oneDNN on CPU, forward and backward (PyTorch "
                      "sends small batch-1 layers to a slower path; em-profile's onednn option measures "
                      "the gain; results equal to float tolerance)"),
-        "winograd": _f("bool", False, "compute the wide 3x3x3 convolutions (>= 128 channels) by Winograd F(2,3) "
-                       "on CPU, forward and backward, the rest on oneDNN: 3.4x fewer multiplies on the "
+        "winograd": _f("bool", False, "compute the wide 3x3x3 convolutions (>= 128 channels) by Winograd's algorithm "
+                       "on CPU, forward and backward, the rest on oneDNN: 6x fewer multiplies on the "
                        "coarse levels of rsunet-efficient (em-profile's winograd option measures it)"),
         "init_from": _f("str", None, "start from these weights (a checkpoint of the same model spec)",
                         optional=True),
