@@ -1,7 +1,7 @@
 """em-train benchmarks: throughput on 1 and 2 ranks, real-data runs on ISBI 2012 and gala, and
 rsunet vs rsunet-efficient on one schedule.
 
-    python benchmarks/bench_train.py [--quick] [--only throughput,isbi,gala,models] [--out DIR]
+    python benchmarks/bench_train.py [--quick] [--only throughput,isbi,gala,models,models3d] [--out DIR]
                                      [--budget-min 16] [--json results.json]
 
 (a) throughput: training samples/s and voxels/s of one model and crop, one process (1 and 2
@@ -18,6 +18,8 @@ rsunet vs rsunet-efficient on one schedule.
     authors trained on this very volume: a reference, not a peer).
 (d) models: rsunet vs rsunet-efficient (both at half the preset widths) on ISBI with the same
     crop, schedule and number of steps: time per iteration and held-out accuracy.
+(e) models3d: the same two models on gala (isotropic FIB-SEM, affinities, crop 16x64x64), scored
+    by 3D watershed alone and with agglomeration.
 
 Every segmentation score is the best over the same sweep of watershed settings (seed
 thresholds x seed methods), for ours and for the baselines alike, plus the score at the fixed
@@ -314,6 +316,27 @@ MODELS = {
 }
 
 
+def model_schedule(config: str, base: list[str], out: Path, quick: bool, budget_s: float,
+                   fixed_steps: int | None) -> tuple[dict, int]:
+    """(models, steps): one schedule for both models, as many steps as the slower fits in the budget
+    (or ``fixed_steps``); ``quick``: three levels and 12 steps."""
+    if quick:
+        return {name: [args[0], ",".join(args[1].split(",")[:3])] for name, args in MODELS.items()}, 12
+    if fixed_steps:
+        return MODELS, fixed_steps
+    slowest = max(fitted_steps(config, [*base, *args], out / name, budget_s, cap=100000, floor=1)[1]
+                  for name, args in MODELS.items())
+    return MODELS, max(20, min(3000, int(budget_s * 0.92 / slowest)))
+
+
+def train_schedule(config: str, args: list[str], steps: int, run: Path) -> tuple[Path, float]:
+    """Train ``steps`` steps without validation into a fresh ``run``; (run, wall seconds)."""
+    say(f"{run.name}: {steps} steps")
+    wall = em_train(["--config", config, *args, f"train.steps={steps}", f"train.log_every={max(2, steps // 6)}",
+                     "validation.every=0", f"train.checkpoint_every={steps}", "-q", "-o", str(fresh(run))])
+    return run, wall
+
+
 def bench_models(out: Path, quick: bool, budget_s: float, fixed_steps: int | None = None) -> dict:
     from emtools import io
     from emtools.train.data import label_components
@@ -323,26 +346,14 @@ def bench_models(out: Path, quick: bool, budget_s: float, fixed_steps: int | Non
     base = [f"data.volumes.0.image={ISBI / 'image'}", f"data.volumes.0.labels={ISBI / 'label'}",
             f"data.patch_zyx={','.join(map(str, patch))}", "data.augment=flip,grayscale"]
     if quick:
-        steps = 12
         base += ["model.depth=3"]
-        models = {name: [args[0], ",".join(args[1].split(",")[:3])] for name, args in MODELS.items()}
-    elif fixed_steps:
-        models, steps = MODELS, fixed_steps
-    else:
-        models = MODELS
-        # One schedule for both: as many steps as the slower model fits in the budget.
-        slowest = max(fitted_steps(config, [*base, *args], out / name, budget_s, cap=100000, floor=1)[1]
-                      for name, args in models.items())
-        steps = max(20, min(3000, int(budget_s * 0.92 / slowest)))
+    models, steps = model_schedule(config, base, out, quick, budget_s, fixed_steps)
     image, _ = io.read_volume(str(ISBI / "image"))
     labels, _ = io.read_volume(str(ISBI / "label"))
     test_image, gt = image[25:30], label_components(labels[25:30], "2d")
     results = {}
     for name, args in models.items():
-        run = fresh(out / f"models-{name}")
-        say(f"models: {name}, {steps} steps")
-        wall = em_train(["--config", config, *base, *args, f"train.steps={steps}", f"train.log_every={max(2, steps // 6)}",
-                         "validation.every=0", f"train.checkpoint_every={steps}", "-q", "-o", str(run)])
+        run, wall = train_schedule(config, [*base, *args], steps, out / f"models-{name}")
         rate = steady_rate(run)
         scores = sweep(predicted_boundary(run / "last.pt", test_image, patch), gt, (50, 4, 4), "2d")
         results[name] = {"seconds_per_step": 1.0 / rate, "wall_s": wall, "scores": scores, "args": args}
@@ -355,27 +366,55 @@ def bench_models(out: Path, quick: bool, budget_s: float, fixed_steps: int | Non
     return {"patch_zyx": patch, "steps": steps, "results": results}
 
 
+def bench_models3d(out: Path, quick: bool, budget_s: float, fixed_steps: int | None = None) -> dict:
+    """(e): the (d) comparison on isotropic 3D data: gala, affinities, 3D watershed + agglomeration."""
+    from emtools import io
+
+    config = "examples/train_gala.yaml"
+    patch = [16, 64, 64]
+    base = [f"data.volumes.0.image={GALA / 'train-image.h5'}:stack",
+            f"data.volumes.0.labels={GALA / 'train-gt.lzf.h5'}:stack", "data.augment=flip", "model.heads=affinity:3"]
+    models, steps = model_schedule(config, base, out / "3d", quick, budget_s, fixed_steps)
+    image, _ = io.read_volume(f"{GALA / 'train-image.h5'}:stack")
+    gt, _ = io.read_volume(f"{GALA / 'train-gt.lzf.h5'}:stack")
+    held = slice(34, 50)
+    gt = gt[held].astype(np.uint64)
+    results = {}
+    for name, args in models.items():
+        run, wall = train_schedule(config, [*base, *args], steps, out / f"models3d-{name}")
+        boundary, affinities = predicted_maps(run / "last.pt", image[held], patch)
+        scores = sweep(boundary, gt, (10, 10, 10), "3d", {"affinities": affinities})
+        results[name] = {"seconds_per_step": 1.0 / steady_rate(run), "wall_s": wall, "scores": scores, "args": args}
+    print(f"\n(e) rsunet vs rsunet-efficient on gala (z 34-49 held out), crop {patch}, {steps} steps each, affinities")
+    print(f"{'model':<18} {'s/step':>7} {'ARAND':>8} {'VOIs':>7} {'VOIm':>7}  {'ARAND agglomerated':>18} {'VOIs':>7} {'VOIm':>7}")
+    for name, r in results.items():
+        b, a = r["scores"]["best"], r["scores"]["agglomerated"]
+        print(f"{name:<18} {r['seconds_per_step']:>7.3f} {b['adapted_rand_error']:>8.4f} {b['voi_split']:>7.3f} "
+              f"{b['voi_merge']:>7.3f}  {a['adapted_rand_error']:>18.4f} {a['voi_split']:>7.3f} {a['voi_merge']:>7.3f}")
+    return {"patch_zyx": patch, "steps": steps, "results": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="few steps per part: proves the pipeline")
-    parser.add_argument("--only", default="throughput,isbi,gala,models", help="comma list of parts")
+    parser.add_argument("--only", default="throughput,isbi,gala,models,models3d", help="comma list of parts")
     parser.add_argument("--out", default=str(ROOT / "bench-out"), help="folder for runs and checkpoints")
     # 16, not 20: the steps are fitted to a short calibration, and on a shared host the rest of
     # the run can be 20% slower; 16 keeps a real-data run (validation included) under 20 minutes.
     parser.add_argument("--budget-min", type=float, default=16.0, help="training minutes per real-data run")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
     parser.add_argument("--models-steps", type=int, default=None,
-                        help="(d): this many steps for both models instead of what the budget fits")
+                        help="(d), (e): this many steps for both models instead of what the budget fits")
     args = parser.parse_args()
     out = Path(args.out) / "train"
     out.mkdir(parents=True, exist_ok=True)
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
-    unknown = set(parts) - {"throughput", "isbi", "gala", "models"}
+    unknown = set(parts) - {"throughput", "isbi", "gala", "models", "models3d"}
     if unknown:
         parser.error(f"unknown part(s): {', '.join(sorted(unknown))}")
     if any(p in parts for p in ("isbi", "models")) and not ISBI.exists():
         sys.exit(f"bench_train: ISBI 2012 not found at {ISBI}")
-    if "gala" in parts and not GALA.exists():
+    if ("gala" in parts or "models3d" in parts) and not GALA.exists():
         sys.exit(f"bench_train: gala not found at {GALA}")
     budget = args.budget_min * 60
     results = {"quick": args.quick, "budget_min": args.budget_min}
@@ -387,8 +426,10 @@ def main() -> None:
             results[part] = bench_isbi(out, args.quick, budget)
         elif part == "gala":
             results[part] = bench_gala(out, args.quick, budget)
-        else:
+        elif part == "models":
             results[part] = bench_models(out, args.quick, budget, args.models_steps)
+        else:
+            results[part] = bench_models3d(out, args.quick, budget, args.models_steps)
         results[part]["bench_wall_s"] = time.perf_counter() - started
         say(f"{part} took {(time.perf_counter() - started) / 60:.1f} min")
         sys.stdout.flush()
