@@ -202,10 +202,10 @@ def main() -> int:
         formats.append(("channels_last+winograd", torch.channels_last_3d, True))
     for fmt_name, fmt, forced in formats:
         model = build_model(resolve_spec("rsunet-efficient"), seed=0).train().to(memory_format=fmt)
-        if forced:
-            onednn.use_onednn(model)
         if "winograd" in fmt_name:
-            winograd.use_winograd(model)
+            winograd.use_winograd_and_onednn(model)
+        elif forced:
+            onednn.use_onednn(model)
         xin = x.contiguous(memory_format=fmt)
         layer_list = flopmod.trace_layers(model, shape)
         measured = measure_layers(model, xin, repeats=2, warmup=1)

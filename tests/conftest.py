@@ -57,6 +57,17 @@ def shared_data(*parts: str) -> Path:
     return path
 
 
+def conv_outputs_and_grads(conv, x):
+    """(output, input gradient, weight gradient, bias gradient or None) of ``conv`` on ``x`` under a
+    fixed, non-uniform loss: what an alternative convolution path must reproduce."""
+    import torch
+
+    x = x.clone().requires_grad_()
+    y = conv(x)
+    (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+    return y.detach(), x.grad, conv.weight.grad, None if conv.bias is None else conv.bias.grad
+
+
 def assert_switch_trains_the_same(switch) -> None:
     """``switch(model)`` (an execution option that swaps a model's convolutions in place) leaves
     every gradient of a small rsunet-efficient equal to float tolerance, and its checkpoints load."""

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_switch_trains_the_same
+from conftest import assert_switch_trains_the_same, conv_outputs_and_grads
 from torch import nn
 
 from emtools.models import build_model, onednn, resolve_spec
@@ -14,13 +14,6 @@ from emtools.profile import options as opt
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="this torch is built without oneDNN")
-
-
-def _grads(conv, x):
-    x = x.clone().requires_grad_()
-    y = conv(x)
-    (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
-    return y.detach(), x.grad, conv.weight.grad, None if conv.bias is None else conv.bias.grad
 
 
 @pytest.mark.parametrize("kernel,bias,channels_last,batch", [
@@ -35,7 +28,7 @@ def test_forward_and_every_gradient_equal_the_default_path(kernel, bias, channel
     if channels_last:
         ref, fast = ref.to(memory_format=torch.channels_last_3d), fast.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    for a, b in zip(_grads(ref, x), _grads(fast, x)):
+    for a, b in zip(conv_outputs_and_grads(ref, x), conv_outputs_and_grads(fast, x)):
         if a is None:
             assert b is None
             continue

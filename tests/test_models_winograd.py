@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import assert_switch_trains_the_same
+from conftest import assert_switch_trains_the_same, conv_outputs_and_grads
 from torch import nn
 
 from emtools.models import build_model, onednn, resolve_spec, winograd
@@ -24,11 +24,11 @@ def everywhere(monkeypatch):
     monkeypatch.setattr(winograd, "MIN_VOXELS", 1)
 
 
-def _grads(conv, x):
-    x = x.clone().requires_grad_()
-    y = conv(x)
-    (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
-    return y.detach(), x.grad, conv.weight.grad, None if conv.bias is None else conv.bias.grad
+def _switched(conv):
+    """(the convolution, a Winograd copy of it)."""
+    fast = copy.deepcopy(conv)
+    winograd.use_winograd(fast)
+    return conv, fast
 
 
 @pytest.mark.parametrize("shape,c_out,bias,channels_last", [
@@ -46,7 +46,7 @@ def test_forward_and_every_gradient_equal_a_direct_convolution(everywhere, shape
     if channels_last:
         ref, fast = ref.to(memory_format=torch.channels_last_3d), fast.to(memory_format=torch.channels_last_3d)
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    for index, (a, b) in enumerate(zip(_grads(ref, x), _grads(fast, x))):
+    for index, (a, b) in enumerate(zip(conv_outputs_and_grads(ref, x), conv_outputs_and_grads(fast, x))):
         if a is None:
             assert b is None
             continue
@@ -77,11 +77,9 @@ def test_the_plan_takes_f43_where_it_needs_fewer_products():
 def test_every_tile_plan_gives_the_same_convolution(everywhere, monkeypatch, steps):
     monkeypatch.setattr(winograd, "plan", lambda shape: steps)
     torch.manual_seed(5)
-    ref = nn.Conv3d(6, 5, 3, padding=1)
-    fast = copy.deepcopy(ref)
-    winograd.use_winograd(fast)
+    ref, fast = _switched(nn.Conv3d(6, 5, 3, padding=1))
     x = torch.randn(2, 6, 7, 5, 9)
-    for index, (a, b) in enumerate(zip(_grads(ref, x), _grads(fast, x))):
+    for index, (a, b) in enumerate(zip(conv_outputs_and_grads(ref, x), conv_outputs_and_grads(fast, x))):
         assert torch.allclose(a, b, rtol=1e-4, atol=2e-5 * float(a.abs().max())), (steps, index)
 
 
@@ -92,16 +90,14 @@ def test_wide_layers_are_exact_to_float_tolerance():
     fast = copy.deepcopy(ref)
     assert winograd.use_winograd(fast) == 1
     x = torch.randn(1, 128, 4, 20, 20).contiguous(memory_format=torch.channels_last_3d)
-    a, b = _grads(ref, x), _grads(fast, x)
+    a, b = conv_outputs_and_grads(ref, x), conv_outputs_and_grads(fast, x)
     for u, v in zip(a, b):
         assert float((u - v).abs().max() / u.abs().max()) < 2e-5
 
 
 def test_a_non_contiguous_input_and_a_view_of_the_output_gradient(everywhere):
     torch.manual_seed(2)
-    ref = nn.Conv3d(4, 6, 3, padding=1)
-    fast = copy.deepcopy(ref)
-    winograd.use_winograd(fast)
+    ref, fast = _switched(nn.Conv3d(4, 6, 3, padding=1))
     base = torch.randn(1, 4, 6, 5, 7)
     x = base.transpose(3, 4)  # (1, 4, 6, 7, 5), neither layout
     assert torch.allclose(ref(x), fast(x), atol=1e-5)
@@ -114,9 +110,7 @@ def test_a_non_contiguous_input_and_a_view_of_the_output_gradient(everywhere):
 
 def test_inference_keeps_the_weight_transform_until_the_weight_changes(everywhere):
     torch.manual_seed(4)
-    ref = nn.Conv3d(5, 6, 3, padding=1)
-    fast = copy.deepcopy(ref)
-    winograd.use_winograd(fast)
+    ref, fast = _switched(nn.Conv3d(5, 6, 3, padding=1))
     x = torch.randn(1, 5, 3, 8, 8)
     with torch.inference_mode():
         assert torch.allclose(ref(x), fast(x), atol=1e-5)
@@ -147,9 +141,7 @@ def test_only_wide_same_padded_3x3x3_convolutions_are_switched():
 
 def test_small_volumes_and_autocast_fall_back_with_the_same_result():
     torch.manual_seed(3)
-    ref = nn.Conv3d(128, 128, 3, padding=1)
-    fast = copy.deepcopy(ref)
-    winograd.use_winograd(fast)
+    ref, fast = _switched(nn.Conv3d(128, 128, 3, padding=1))
     x = torch.randn(1, 128, 2, 6, 6)  # 72 voxels < MIN_VOXELS: the oneDNN path
     assert torch.allclose(ref(x), fast(x), atol=1e-4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -157,7 +149,7 @@ def test_small_volumes_and_autocast_fall_back_with_the_same_result():
 
 
 def test_a_whole_efficient_model_trains_the_same(everywhere):
-    assert_switch_trains_the_same(lambda model: onednn.use_onednn(model) and winograd.use_winograd(model))
+    assert_switch_trains_the_same(winograd.use_winograd_and_onednn)
 
 
 def test_winograd_is_an_execution_option_on_cpu_only():

@@ -115,10 +115,12 @@ def test_batch_size_channels_last_onednn_winograd_and_bf16_agree(monkeypatch):
     kwargs = dict(patch_zyx=(4, 16, 16), overlap=("fraction", (0.0, 0.5, 0.5)))
     base = predict_volume(model, image, heads, batch=1, **kwargs)
     # onednn and winograd last: they switch the model's convolutions over in place
-    for extra in ({"batch": 3}, {"channels_last": True}, {"channels_last": True, "onednn": True},
-                  {"channels_last": True, "winograd": True}):
+    for extra in ({"batch": 3}, {"channels_last": True}, {"channels_last": True, "onednn": True}):
         out = predict_volume(model, image, heads, **kwargs, **extra)
         assert max(np.abs(out[h] - base[h]).max() for h in base) < 1e-5, extra
+    # Winograd's F(4,3) tiles round differently: ~1e-5 relative, so a looser bound than the rest
+    out = predict_volume(model, image, heads, **kwargs, channels_last=True, winograd=True)
+    assert max(np.abs(out[h] - base[h]).max() for h in base) < 1e-4
     out = predict_volume(model, image, heads, precision="bf16", **kwargs)  # autocast: close, not equal
     assert 0 < max(np.abs(out[h] - base[h]).mean() for h in base) < 0.02
 

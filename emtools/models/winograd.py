@@ -38,7 +38,7 @@ import torch
 from numba import njit, prange
 from torch import nn
 
-from emtools.models.onednn import OneDNNConv3d
+from emtools.models.onednn import OneDNNConv3d, use_onednn
 from emtools.models.onednn import eligible as stride1_same
 
 MIN_CHANNELS = 128  # below this the transforms cost more than the fewer products save (measured)
@@ -106,6 +106,24 @@ def _along(src, mat, axis):
     return dst
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tile(job, tiles_zyx, step_zyx, shift):
+    """(volume, z0, y0, x0) of tile ``job``: tiles numbered volume-major, then z, y, x; the origin is
+    the tile index times its step, minus ``shift`` (1 for input tiles: the zero padding)."""
+    tz, ty, tx = tiles_zyx
+    per_vol = tz * ty * tx
+    t = job % per_vol
+    return (job // per_vol, (t // (ty * tx)) * step_zyx[0] - shift, ((t // tx) % ty) * step_zyx[1] - shift,
+            (t % tx) * step_zyx[2] - shift)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _grid(shape_zyx, step_zyx):
+    """Tiles per axis that cover ``shape_zyx`` with blocks of ``step_zyx`` outputs."""
+    return ((shape_zyx[0] + step_zyx[0] - 1) // step_zyx[0], (shape_zyx[1] + step_zyx[1] - 1) // step_zyx[1],
+            (shape_zyx[2] + step_zyx[2] - 1) // step_zyx[2])
+
+
 @njit(cache=True, nogil=True)
 def _separable(src, mz, my, mx):
     """``mx`` along x, then ``my`` along y, then ``mz`` along z."""
@@ -117,12 +135,10 @@ def _input_transform(x, out, bz, by, bx, tiles_zyx):
     """x (N, D, H, W, C) -> out (A, N*tiles, C): B' along x, y, z on every tile (stride m, zero
     padding 1)."""
     n_vol, depth, height, width, channels = x.shape
-    tz, ty, tx = tiles_zyx[0], tiles_zyx[1], tiles_zyx[2]
     az, ay, ax = bz.shape[0], by.shape[0], bx.shape[0]
-    per_vol = tz * ty * tx
-    for job in prange(n_vol * per_vol):
-        n, t = job // per_vol, job % per_vol
-        z0, y0, x0 = (t // (ty * tx)) * (az - 2) - 1, ((t // tx) % ty) * (ay - 2) - 1, (t % tx) * (ax - 2) - 1
+    tiles = (tiles_zyx[0], tiles_zyx[1], tiles_zyx[2])
+    for job in prange(n_vol * tiles[0] * tiles[1] * tiles[2]):
+        n, z0, y0, x0 = _tile(job, tiles, (az - 2, ay - 2, ax - 2), 1)
         d = np.zeros((az, ay, ax, channels), dtype=np.float32)
         for i in range(az):
             for j in range(ay):
@@ -142,11 +158,9 @@ def _output_transform(m, bias, y, az_t, ay_t, ax_t):
     n_vol, depth, height, width, channels = y.shape
     mz, my, mx = az_t.shape[0], ay_t.shape[0], ax_t.shape[0]
     az, ay, ax = az_t.shape[1], ay_t.shape[1], ax_t.shape[1]
-    tz, ty, tx = (depth + mz - 1) // mz, (height + my - 1) // my, (width + mx - 1) // mx
-    per_vol = tz * ty * tx
-    for job in prange(n_vol * per_vol):
-        n, t = job // per_vol, job % per_vol
-        z0, y0, x0 = (t // (ty * tx)) * mz, ((t // tx) % ty) * my, (t % tx) * mx
+    tiles = _grid((depth, height, width), (mz, my, mx))
+    for job in prange(n_vol * tiles[0] * tiles[1] * tiles[2]):
+        n, z0, y0, x0 = _tile(job, tiles, (mz, my, mx), 0)
         tile = np.empty((az, ay, ax, channels), dtype=np.float32)
         flat = tile.reshape(az * ay * ax, channels)
         for row in range(az * ay * ax):
@@ -166,11 +180,9 @@ def _output_adjoint(gy, out, a_z, a_y, a_x):
     n_vol, depth, height, width, channels = gy.shape
     az, ay, ax = a_z.shape[0], a_y.shape[0], a_x.shape[0]
     mz, my, mx = a_z.shape[1], a_y.shape[1], a_x.shape[1]
-    tz, ty, tx = (depth + mz - 1) // mz, (height + my - 1) // my, (width + mx - 1) // mx
-    per_vol = tz * ty * tx
-    for job in prange(n_vol * per_vol):
-        n, t = job // per_vol, job % per_vol
-        z0, y0, x0 = (t // (ty * tx)) * mz, ((t // tx) % ty) * my, (t % tx) * mx
+    tiles = _grid((depth, height, width), (mz, my, mx))
+    for job in prange(n_vol * tiles[0] * tiles[1] * tiles[2]):
+        n, z0, y0, x0 = _tile(job, tiles, (mz, my, mx), 0)
         g = np.zeros((mz, my, mx, channels), dtype=np.float32)
         for o in range(mz):
             for b in range(my):
@@ -310,6 +322,13 @@ class WinogradConv3d(OneDNNConv3d):
         y = _transform_output(torch.bmm(_transform_input(x, steps), self._winograd_u), bias,
                               (x.shape[0], weight.shape[0], *x.shape[2:]), steps)
         return y if x.is_contiguous(memory_format=torch.channels_last_3d) else y.contiguous()
+
+
+def use_winograd_and_onednn(model: nn.Module) -> int:
+    """The ``winograd`` execution option: Winograd for the wide layers, oneDNN for the other stride-1
+    3D convolutions; returns how many went to Winograd."""
+    use_onednn(model)
+    return use_winograd(model)
 
 
 def use_winograd(model: nn.Module, min_channels: int | None = None) -> int:

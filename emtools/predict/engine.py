@@ -193,10 +193,10 @@ class Predictor:
         model = model.eval().to(self.device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
-        if (onednn or winograd) and self.device.type == "cpu":
-            onednn_mod.use_onednn(model)
         if winograd and self.device.type == "cpu":
-            winograd_mod.use_winograd(model)
+            winograd_mod.use_winograd_and_onednn(model)
+        elif onednn and self.device.type == "cpu":
+            onednn_mod.use_onednn(model)
         self.forward = _Forward(model, self.device, autocast_dtype(precision, self.device), compile)
         self.patches_done = 0
 

@@ -146,10 +146,10 @@ def _prepare(name: str, model: nn.Module, x: torch.Tensor, mode: str):
         model = model.to(memory_format=fmt)
         if fmt == torch.channels_last_3d and x.dim() == 5:
             x = x.contiguous(memory_format=fmt)
-    if "onednn" in name or "winograd" in name:
-        onednn.use_onednn(model)
     if "winograd" in name:
-        winograd.use_winograd(model)
+        winograd.use_winograd_and_onednn(model)
+    elif "onednn" in name:
+        onednn.use_onednn(model)
     if name in ("bf16", "fp16"):
         dtype = torch.bfloat16 if name == "bf16" else torch.float16
         autocast = lambda: torch.autocast(device_type=x.device.type, dtype=dtype)  # noqa: E731

@@ -203,10 +203,10 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
     if norm is None:
         norm = fit_image_normalization(prepared.volumes, seed)
     model.to(device)
-    if (tcfg["onednn"] or tcfg["winograd"]) and device.type == "cpu":
+    if device.type == "cpu" and tcfg["winograd"]:
+        winograd.use_winograd_and_onednn(model)
+    elif device.type == "cpu" and tcfg["onednn"]:
         onednn.use_onednn(model)
-    if tcfg["winograd"] and device.type == "cpu":
-        winograd.use_winograd(model)
     peak = scaled_lr(ocfg["lr"], env.world_size, ocfg["lr_scaling"])
     optimizer = build_optimizer(ocfg["name"], model.parameters(), peak, ocfg["weight_decay"], ocfg["momentum"],
                                 tuple(ocfg["betas"]))
