@@ -37,6 +37,22 @@ def test_round_trip_rebuilds_from_the_file_alone(saved):
     assert os.listdir(os.path.dirname(path)) == ["model.pt"]  # no temporary file left
 
 
+def test_a_checkpoint_from_before_out_kernel_keeps_its_kernel(saved, tmp_path):
+    """Older checkpoints have no out_kernel: their transposed output conv used embed_kernel (1x5x5)."""
+    path, _, spec = saved
+    old_spec = resolve_spec("rsunet-efficient", ["widths=4,8,8", "pools=2x2x2,1x2x2", "heads=affinity:3,foreground:1",
+                                                 "out_kernel=1x5x5"])
+    model = build_model(old_spec, seed=3)
+    old_path = str(tmp_path / "old.pt")
+    save_checkpoint(old_path, model, old_spec)
+    payload = torch.load(old_path, weights_only=True)
+    del payload["spec"]["out_kernel"]
+    torch.save(payload, old_path)
+    loaded, loaded_spec, _ = load_model(old_path)
+    assert loaded_spec.transposed_kernel == (1, 5, 5) and loaded.out.kernel_size == (1, 5, 5)
+    assert load_model(path)[1].transposed_kernel == spec.transposed_kernel == (1, 6, 6)
+
+
 def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     spec = resolve_spec("rsunet", ["widths=4,8", "pools=1x2x2"])
     model = build_model(spec)

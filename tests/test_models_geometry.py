@@ -68,6 +68,8 @@ def test_pool_free_receptive_field_is_exact():
     ["upsample=bilinear"],
     ["upsample=nearest"],
     ["stride_in=1x2x2", "transposed_out=true"],
+    ["stride_in=1x2x2", "transposed_out=true", "out_kernel=1x5x5"],
+    ["stride_in=1x2x2", "transposed_out=true", "out_kernel=1x4x4"],
     ["stride_in=1x2x2", "upsample=bilinear"],
 ])
 def test_receptive_field_bounds_the_real_dependence(overrides):

@@ -55,6 +55,40 @@ def test_efficient_model_strided_in_and_transposed_out():
     assert isinstance(model.out, torch.nn.ConvTranspose3d) and model.out.stride == (1, 2, 2)
 
 
+@pytest.mark.parametrize("stride, out_kernel, expected", [
+    ("1x2x2", None, (1, 6, 6)),   # embed 1x5x5 rounded up to the stride
+    ("1x2x2", "1x5x5", (1, 5, 5)),
+    ("1x2x2", "1x4x4", (1, 4, 4)),
+    ("1x3x3", None, (1, 6, 6)),
+    ("1x3x3", "1x7x7", (1, 7, 7)),
+    ("2x2x2", None, (2, 6, 6)),
+    ("2x2x2", "3x6x6", (3, 6, 6)),
+])
+def test_transposed_out_is_exactly_stride_times_larger(stride, out_kernel, expected):
+    extra = [f"out_kernel={out_kernel}"] if out_kernel else []
+    spec = resolve_spec("rsunet", ["widths=4,8", "pools=1x2x2", f"stride_in={stride}", "transposed_out=true", *extra])
+    assert spec.transposed_kernel == expected
+    model, out = run(spec, zyx=(4, 36, 36), batch=1)
+    assert model.out.kernel_size == expected and out.shape == (1, 3, 4, 36, 36)
+
+
+def test_default_transposed_out_has_no_checkerboard():
+    """Constant coarse features through all-ones weights: every fine voxel away from the border reads
+    the same number of taps with the default kernel (a multiple of the stride); 1x5x5 alternates."""
+    def interior(out_kernel):
+        spec = resolve_spec("rsunet-efficient", ["widths=4,8", "pools=1x2x2", *out_kernel])
+        layer = build_model(spec, seed=0).out
+        with torch.no_grad():
+            layer.weight.fill_(1.0)
+            layer.bias.zero_()
+            fine = layer(torch.ones(1, 4, 2, 12, 12))
+        return fine[0, 0, :, 6:-6, 6:-6]
+    flat = interior([])
+    assert torch.equal(flat, torch.full_like(flat, flat[0, 0, 0].item()))
+    legacy = interior(["out_kernel=1x5x5"])
+    assert set(legacy.unique().tolist()) == {4 * 4.0, 4 * 6.0, 4 * 9.0}  # 2x2, 2x3 and 3x3 taps
+
+
 @pytest.mark.parametrize("preset, zyx", [("unet3d", (4, 16, 16)), ("unet2d", (3, 32, 32))])
 def test_plain_unets(preset, zyx):
     spec = resolve_spec(preset, ["widths=4,8,16", "norm=group", "heads=semantic:5"])

@@ -25,11 +25,16 @@ def test_efficient_preset_switches_each_step():
     spec = resolve_spec("rsunet-efficient")
     assert spec.widths == BALANCED_WIDTHS == (24, 64, 192, 192, 192)
     assert spec.stride_in == (1, 2, 2) and spec.transposed_out
+    # the output kernel is spelled out (a checkpoint records it): 1x5x5 rounded up to the stride
+    assert spec.out_kernel == (1, 6, 6) and spec.to_dict()["out_kernel"] == [1, 6, 6]
+    assert resolve_spec("rsunet-efficient", ["embed_kernel=1x7x7"]).out_kernel == (1, 8, 8)
+    assert resolve_spec("rsunet").out_kernel is None
     # each step of the paper's table is one override away
     strided_only = resolve_spec("rsunet", ["stride_in=1x2x2", "transposed_out=true"])
     assert strided_only.widths == LEE_WIDTHS and strided_only.transposed_out
     no_transposed = resolve_spec("rsunet-efficient", ["transposed_out=false"])
     assert no_transposed.stride_in == (1, 2, 2) and not no_transposed.transposed_out
+    assert no_transposed.out_kernel is None
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -85,6 +90,10 @@ def test_a_custom_name_needs_an_arch():
     ("rsunet", ["activation=gelu"], ["activation='gelu' is unknown"]),
     ("rsunet", ["transposed_out=true"], ["needs a strided entry conv"]),
     ("rsunet", ["transposed_out=maybe"], ["is not true/false"]),
+    ("rsunet", ["out_kernel=1x6x6"], ["needs transposed_out=true"]),
+    ("rsunet-efficient", ["out_kernel=1x1x1"], ["does not fit stride_in 1x2x2", "at least the stride"]),
+    ("rsunet-efficient", ["out_kernel=2x6x6"], ["odd where the stride is 1"]),
+    ("rsunet-efficient", ["out_kernel=1x6"], ["is not a z,y,x triple"]),
     ("rsunet", ["widths=8,x"], ["is not an integer"]),
     ("rsunet", ["pools=1x2"], ["is not a z,y,x triple"]),
     ("rsunet", ["heads=affinity"], ["name:channels"]),

@@ -67,7 +67,8 @@ def test_paper_sized_counts_and_ratios():
     strided = totals(trace_layers(build_model(resolve_spec("rsunet", ["stride_in=1x2x2", "transposed_out=true"])), shape))
     efficient = totals(trace_layers(build_model(resolve_spec("rsunet-efficient")), shape))
     assert base.flops_train == 378_468_979_200
-    assert abs(base.flops_train / strided.flops_train - 4.0) < 0.01  # paper: 4.44
+    # paper: 4.44; 4.0 with a 1x5x5 transposed output conv, 3.98 with the default 1x6x6
+    assert abs(base.flops_train / strided.flops_train - 3.98) < 0.01
     assert 200e9 < efficient.flops_train < 230e9  # paper: 211.24 GFLOP
 
 

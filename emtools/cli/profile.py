@@ -37,9 +37,9 @@ def _load_spec(source: str, overrides: tuple[str, ...]):
     from emtools.models.spec import parse_overrides, resolve_spec, spec_from_dict
 
     if source.endswith(CHECKPOINT_SUFFIXES):
-        from emtools.models.checkpoint import read_checkpoint
+        from emtools.models.checkpoint import read_checkpoint, saved_spec
 
-        return spec_from_dict({**read_checkpoint(source)["spec"], **parse_overrides(overrides)}, where=source)
+        return spec_from_dict({**saved_spec(read_checkpoint(source)), **parse_overrides(overrides)}, where=source)
     return resolve_spec(source, overrides)
 
 

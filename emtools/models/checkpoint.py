@@ -83,10 +83,21 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     return payload
 
 
+def saved_spec(payload: dict) -> dict[str, Any]:
+    """The spec dict of a checkpoint read by :func:`read_checkpoint`, as today's spec keys read it.
+
+    Checkpoints from before ``out_kernel`` existed used ``embed_kernel`` for the transposed output
+    conv (the default is now that kernel rounded up to a multiple of the stride)."""
+    spec = dict(payload["spec"])
+    if spec.get("transposed_out") and "out_kernel" not in spec:
+        spec["out_kernel"] = spec.get("embed_kernel", list(ModelSpec.embed_kernel))
+    return spec
+
+
 def load_model(path: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelSpec, dict]:
     """Rebuild the model from the checkpoint's spec, load its weights; returns (model, spec, extra)."""
     payload = read_checkpoint(path)
-    spec = spec_from_dict(payload["spec"], where=path)
+    spec = spec_from_dict(saved_spec(payload), where=path)
     model = build_model(spec, seed=None)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

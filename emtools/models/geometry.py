@@ -93,7 +93,7 @@ def _upsample(maps: Maps, factor: Triple, mode: str, kernel: Triple | None = Non
         if p == 1 and (kernel is None or k == 1):
             out.append(m)
         elif mode == "transposed":
-            pad = k // 2 if kernel is not None else 0
+            pad = -(-(k - p) // 2) if kernel is not None else 0  # layers.transposed_padding
             # Fine o reads coarse i with p*i - pad <= o <= p*i - pad + k - 1.
             out.append(m.then(F(1, p), F(pad - k + 1, p), F(pad, p)))
         elif mode == "nearest":
@@ -137,7 +137,7 @@ def output_maps(spec: ModelSpec) -> Maps:
         if spec.stride_in == (1, 1, 1):
             maps = _conv(maps, spec.embed_kernel)
         elif spec.transposed_out:
-            maps = _upsample(maps, spec.stride_in, "transposed", spec.embed_kernel)
+            maps = _upsample(maps, spec.stride_in, "transposed", spec.transposed_kernel)
         else:
             mode = "nearest" if spec.upsample == "nearest" else "bilinear"
             maps = _conv(_upsample(maps, spec.stride_in, mode), spec.embed_kernel)

@@ -92,8 +92,9 @@ def output_layer(spec: ModelSpec) -> nn.Module:
     if spec.stride_in == (1, 1, 1):
         return nn.Conv3d(cin, cout, kernel, 1, pad)
     if spec.transposed_out:
-        # (n - 1) * s - 2 * (k // 2) + k + (s - 1) == n * s for odd k: exactly stride_in times larger.
-        return nn.ConvTranspose3d(cin, cout, kernel, stride, pad, output_padding=tuple(s - 1 for s in stride))
+        kernel = spec.transposed_kernel
+        pad, extra = layers.transposed_padding(kernel, stride)
+        return nn.ConvTranspose3d(cin, cout, kernel, stride, pad, output_padding=extra)
     mode = "nearest" if spec.upsample == "nearest" else "trilinear"
     kwargs = {} if mode == "nearest" else {"align_corners": False}
     return nn.Sequential(nn.Upsample(scale_factor=tuple(float(s) for s in stride), mode=mode, **kwargs),

@@ -12,7 +12,8 @@ Users give one as
 Shapes are z,y,x triples. Per-level lists (``kernels``, ``entry_kernels``) have one triple per level
 and ``pools`` one per transition (depth - 1); a single triple is repeated for every level. In a
 ``key=value`` override, triples are written ``1x3x3`` and lists separated by commas
-(``pools=1x2x2,1x2x2,1x2x2,2x2x2``).
+(``pools=1x2x2,1x2x2,1x2x2,2x2x2``). ``out_kernel`` (transposed output conv only) defaults to
+``embed_kernel`` rounded up to a multiple of ``stride_in``: see :attr:`ModelSpec.transposed_kernel`.
 
     level 0  enc0 ─────────────────────────────── add ─ dec0   (full resolution / stride_in)
                  └ pool0 ─ level 1  enc1 ── add ─ dec1 ┘
@@ -62,6 +63,7 @@ class ModelSpec:
     embed_kernel: Triple = (1, 5, 5)
     stride_in: Triple = (1, 1, 1)
     transposed_out: bool = False
+    out_kernel: Triple | None = None
     upsample: str = "transposed"
     norm: str = "batch"
     norm_groups: int = 8
@@ -72,6 +74,16 @@ class ModelSpec:
     @property
     def out_channels(self) -> int:
         return sum(channels for _, channels in self.heads)
+
+    @property
+    def transposed_kernel(self) -> Triple:
+        """Kernel of the transposed output conv: ``out_kernel``, by default ``embed_kernel`` rounded up
+        to a multiple of ``stride_in``. With a multiple every output voxel reads the same number of
+        coarse voxels (1x6x6 at stride 1x2x2: 3x3 each); 1x5x5 gives alternate voxels 3x3 and 2x2
+        taps, the checkerboard of Odena et al. (2016), which thin membranes and affinities feel."""
+        if self.out_kernel is not None:
+            return self.out_kernel
+        return _rounded_up(self.embed_kernel, self.stride_in)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (lists for tuples) that :func:`spec_from_dict` reads back."""
@@ -86,7 +98,7 @@ class ModelSpec:
         if self.stride_in != (1, 1, 1):
             parts.append("stride_in " + "x".join(map(str, self.stride_in)))
         if self.transposed_out:
-            parts.append("transposed_out")
+            parts.append("transposed_out " + "x".join(map(str, self.transposed_kernel)))
         parts.append(f"norm {self.norm}, {self.activation}, heads "
                      + ",".join(f"{n}:{c}" for n, c in self.heads))
         return "; ".join(parts)
@@ -222,6 +234,8 @@ def _convert(key: str, value: Any) -> Any:
         return _triples(key, value)
     if key in ("embed_kernel", "stride_in"):
         return _triple(key, value)
+    if key == "out_kernel":
+        return None if value is None or str(value).strip().lower() in ("", "none", "null", "auto") else _triple(key, value)
     if key in ("transposed_out", "residual"):
         return _bool(key, value)
     if key == "upsample":
@@ -233,6 +247,10 @@ def _convert(key: str, value: Any) -> Any:
     if key == "heads":
         return _heads(value)
     raise AssertionError(key)
+
+
+def _rounded_up(kernel: Triple, stride: Triple) -> Triple:
+    return tuple(-(-k // s) * s for k, s in zip(kernel, stride))  # type: ignore[return-value]
 
 
 def _fit_levels(key: str, values: tuple[Triple, ...], count: int, explicit: bool) -> tuple[Triple, ...]:
@@ -284,6 +302,9 @@ def spec_from_dict(values: Mapping[str, Any], where: str = "spec") -> ModelSpec:
     for key in PER_LEVEL:
         full[key] = _fit_levels(key, full[key], depth, key in explicit)
     full["pools"] = _fit_levels("pools", full["pools"], depth - 1, "pools" in explicit) if depth > 1 else ()
+    if full["transposed_out"] and full["out_kernel"] is None:
+        # Spelled out, so that a checkpoint records the kernel it was trained with.
+        full["out_kernel"] = _rounded_up(full["embed_kernel"], full["stride_in"])
     spec = ModelSpec(**full)
     _validate(spec, where)
     return spec
@@ -307,6 +328,14 @@ def _validate(spec: ModelSpec, where: str) -> None:
         raise EmError(f"stride_in/transposed_out are rsunet options; {spec.arch} has no entry conv ({where})")
     if spec.transposed_out and spec.stride_in == (1, 1, 1):
         raise EmError(f"transposed_out=true needs a strided entry conv (e.g. stride_in=1x2x2) ({where})")
+    if spec.out_kernel is not None:
+        if not spec.transposed_out:
+            raise EmError(f"out_kernel is the kernel of the transposed output conv; it needs transposed_out=true ({where})")
+        text = "x".join(map(str, spec.out_kernel))
+        for k, s in zip(spec.out_kernel, spec.stride_in):
+            if k < s or (s == 1 and k % 2 == 0):
+                raise EmError(f"out_kernel {text} does not fit stride_in {'x'.join(map(str, spec.stride_in))}: "
+                              f"each entry must be at least the stride, and odd where the stride is 1 ({where})")
     if spec.norm == "group" and spec.norm_groups < 1:
         raise EmError(f"norm_groups={spec.norm_groups} must be at least 1 ({where})")
 

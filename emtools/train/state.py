@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from emtools.errors import EmError
-from emtools.models.checkpoint import read_checkpoint, save_checkpoint
+from emtools.models.checkpoint import read_checkpoint, save_checkpoint, saved_spec
 from emtools.models.spec import ModelSpec, spec_from_dict
 
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
@@ -131,6 +131,6 @@ def read_resume(path: str) -> dict[str, Any]:
 def check_same_spec(payload: Mapping[str, Any], spec: ModelSpec, path: str,
                     advice: str = "resume with its model settings or start a new run") -> None:
     """One line when the checkpoint's model spec differs from the configured one."""
-    difference = spec_difference(spec_from_dict(payload["spec"], where=path).to_dict(), spec.to_dict())
+    difference = spec_difference(spec_from_dict(saved_spec(payload), where=path).to_dict(), spec.to_dict())
     if difference is not None:
         raise EmError(f"{path} is a checkpoint of a different model ({difference}); {advice}")
