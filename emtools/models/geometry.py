@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from emtools.errors import EmError
-from emtools.models.spec import ModelSpec, Triple
+from emtools.models.spec import ModelSpec, Triple, transposed_padding
 
 AXES = "zyx"
 
@@ -89,11 +89,11 @@ def _pool(maps: Maps, factor: Triple) -> Maps:
 
 def _upsample(maps: Maps, factor: Triple, mode: str, kernel: Triple | None = None) -> Maps:
     out = []
-    for m, p, k in zip(maps, factor, kernel or factor):
+    pads = transposed_padding(kernel, factor)[0] if kernel is not None else (0, 0, 0)
+    for m, p, k, pad in zip(maps, factor, kernel or factor, pads):
         if p == 1 and (kernel is None or k == 1):
             out.append(m)
         elif mode == "transposed":
-            pad = -(-(k - p) // 2) if kernel is not None else 0  # layers.transposed_padding
             # Fine o reads coarse i with p*i - pad <= o <= p*i - pad + k - 1.
             out.append(m.then(F(1, p), F(pad - k + 1, p), F(pad, p)))
         elif mode == "nearest":

@@ -30,14 +30,6 @@ def same_padding(kernel: Triple) -> Triple:
     return tuple(k // 2 for k in kernel)  # type: ignore[return-value]
 
 
-def transposed_padding(kernel: Triple, stride: Triple) -> tuple[Triple, Triple]:
-    """(padding, output_padding) that make a transposed conv exactly ``stride`` times larger:
-    (n - 1) * s - 2 * p + k + op == n * s, i.e. 2 * p - op == k - s, with op in {0, 1} (< s)."""
-    pads = tuple(-(-(k - s) // 2) for k, s in zip(kernel, stride))
-    extra = tuple(2 * p - (k - s) for p, k, s in zip(pads, kernel, stride))
-    return pads, extra  # type: ignore[return-value]
-
-
 def conv(dims: int, cin: int, cout: int, kernel: Triple, stride: Triple = (1, 1, 1), bias: bool = True) -> nn.Module:
     """A 'same'-padded convolution; for ``dims == 2`` the z entry of the triples (always 1) is dropped."""
     if dims == 2:

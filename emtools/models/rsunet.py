@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from emtools.models import layers
-from emtools.models.spec import ModelSpec, Triple
+from emtools.models.spec import ModelSpec, Triple, transposed_padding
 
 
 class ResidualModule(nn.Module):
@@ -93,7 +93,7 @@ def output_layer(spec: ModelSpec) -> nn.Module:
         return nn.Conv3d(cin, cout, kernel, 1, pad)
     if spec.transposed_out:
         kernel = spec.transposed_kernel
-        pad, extra = layers.transposed_padding(kernel, stride)
+        pad, extra = transposed_padding(kernel, stride)
         return nn.ConvTranspose3d(cin, cout, kernel, stride, pad, output_padding=extra)
     mode = "nearest" if spec.upsample == "nearest" else "trilinear"
     kwargs = {} if mode == "nearest" else {"align_corners": False}

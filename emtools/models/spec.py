@@ -253,6 +253,14 @@ def _rounded_up(kernel: Triple, stride: Triple) -> Triple:
     return tuple(-(-k // s) * s for k, s in zip(kernel, stride))  # type: ignore[return-value]
 
 
+def transposed_padding(kernel: Triple, stride: Triple) -> tuple[Triple, Triple]:
+    """(padding, output_padding) that make a transposed conv exactly ``stride`` times larger:
+    (n - 1) * s - 2 * p + k + op == n * s, i.e. 2 * p - op == k - s, with op in {0, 1} (< s)."""
+    pads = tuple(-(-(k - s) // 2) for k, s in zip(kernel, stride))
+    extra = tuple(2 * p - (k - s) for p, k, s in zip(pads, kernel, stride))
+    return pads, extra  # type: ignore[return-value]
+
+
 def _fit_levels(key: str, values: tuple[Triple, ...], count: int, explicit: bool) -> tuple[Triple, ...]:
     if len(values) == count:
         return values
