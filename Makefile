@@ -29,6 +29,8 @@ install:
 	# torch first, pinned, so the range in setup.cfg does not pull a multi-GB CUDA build.
 	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e '.[test,plot,peers]'
+	# compile the segmentation kernels ahead of time: no numba start-up in em-watershed/-agglomerate/-eval
+	$(BIN)/python -m emtools.native build
 	@echo "installed: source $(VENV)/bin/activate (or put $(abspath $(BIN)) on PATH)"
 
 test:

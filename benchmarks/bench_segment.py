@@ -10,7 +10,8 @@ Data sets (each: 9 thresholds 0.1..0.9 in one pass):
 
 Ours: ``em-watershed`` then ``em-agglomerate segment`` as separate processes, with their file
 I/O (reading the input, writing fragments and 9 gzip segmentations), wall time summed, peak RSS
-the larger of the two (wait4). waterz: ``waterz.agglomerate`` in a fresh process on the same
+the larger of the two (wait4), with the kernels ``make install`` compiled ahead of time and
+again with ``EMTOOLS_KERNELS=jit`` (numba JIT, as without that build). waterz: ``waterz.agglomerate`` in a fresh process on the same
 affinities (for boundary maps, the contact affinity ``1 - max(b[p], b[q])`` that our tools use),
 its own fragments (default thresholds 0.0001/0.9999) and, separately, our fragments; the
 input is loaded before the clock starts; peak RSS of the process; VOI computed after each
@@ -88,9 +89,9 @@ json.dump({"seconds": wall, "metrics": metrics}, open(result_path, "w"))
 """
 
 
-def run_child(cmd: list[str]) -> tuple[float, float, str, str]:
+def run_child(cmd: list[str], kernels: str = "auto") -> tuple[float, float, str, str]:
     """Wall seconds, peak RSS (MiB), stdout and stderr of one command in a fresh process."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", EMTOOLS_KERNELS=kernels)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", LAUNCHER] + cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
@@ -167,13 +168,16 @@ def prepare(work: str, quick: bool) -> list[dict]:
 
 # ----------------------------------------------------------------------------- runs
 
-def run_ours(data: dict, work: str, score: str) -> dict:
-    tag = f"{data['name']}_{score.replace(':', '')}"
+def run_ours(data: dict, work: str, score: str, kernels: str = "auto") -> dict:
+    """em-watershed then em-agglomerate; ``kernels``: EMTOOLS_KERNELS (auto: the built ones)."""
+    tag = f"{data['name']}_{score.replace(':', '')}_{kernels}"
     frags = os.path.join(work, f"{tag}_frags.h5")
-    ws = run_child([sys.executable, "-m", "emtools.cli.watershed", data["input"], "-o", frags, "-q", *data["ws_args"]])
+    ws = run_child([sys.executable, "-m", "emtools.cli.watershed", data["input"], "-o", frags, "-q", *data["ws_args"]],
+                   kernels)
     template = os.path.join(work, f"{tag}_seg_{{threshold}}.h5")
     agg = run_child([sys.executable, "-m", "emtools.cli.agglomerate", "segment", frags, data["input"],
-                     "-t", ",".join(map(str, THRESHOLDS)), "--score", score, "-o", template, "-q", *data["agg_args"]])
+                     "-t", ",".join(map(str, THRESHOLDS)), "--score", score, "-o", template, "-q", *data["agg_args"]],
+                    kernels)
     gt = np.load(data["gt_npy"])
     results = [metrics(io.read_volume(path)[0], gt) for path in agg[2].split()]
     fragments, _ = io.read_volume(frags)
@@ -300,8 +304,11 @@ def main() -> None:
         have_waterz = not args.skip_peers
     except ImportError:
         have_waterz = False
-    report: dict = {"thresholds": THRESHOLDS, "sets": {}}
-    lines = []
+    from emtools import native
+
+    kernels = native.status()
+    report: dict = {"thresholds": THRESHOLDS, "sets": {}, "kernels": kernels}
+    lines = [f"kernels: {kernels['kernels']} ({kernels['reason']})", ""]
     for data in prepare(work, args.quick):
         voxels = int(np.prod(np.load(data["gt_npy"], mmap_mode="r").shape))
         entry = {"voxels": voxels}
@@ -309,6 +316,8 @@ def main() -> None:
             for score in WATERZ_SCORES:
                 print(f"{data['name']}: ours {score} ...", file=sys.stderr, flush=True)
                 entry[f"ours {score}"] = run_ours(data, tmp, score)
+                if kernels["kernels"] == "aot":  # what the compiled kernels save, in the same run
+                    entry[f"ours {score} JIT kernels"] = run_ours(data, tmp, score, "jit")
                 entry[f"ours {score} in-process (library)"] = run_ours_inprocess(data, tmp, score)
                 if have_waterz:
                     print(f"{data['name']}: waterz {score} ...", file=sys.stderr, flush=True)
@@ -333,6 +342,11 @@ def main() -> None:
                 lines.append(f"ratio waterz/ours {score}: time {theirs['seconds'] / ours['seconds']:.2f}x, "
                              f"peak memory {theirs['peak_mib'] / ours['peak_mib']:.2f}x, "
                              f"best VOI ours {best_of(ours)[1]['voi']:.3f} vs waterz {best_of(theirs)[1]['voi']:.3f}")
+            jit = entry.get(f"ours {score} JIT kernels")
+            if ours and jit:
+                lines.append(f"ratio JIT/compiled kernels {score}, command line: time {jit['seconds'] / ours['seconds']:.2f}x "
+                             f"(watershed {jit['watershed_seconds']:.2f} -> {ours['watershed_seconds']:.2f} s, "
+                             f"agglomerate {jit['agglomerate_seconds']:.2f} -> {ours['agglomerate_seconds']:.2f} s)")
             warm = entry.get(f"ours {score} in-process (library)")
             if warm and theirs:
                 lines.append(f"ratio waterz/ours {score}, both in-process: time {theirs['seconds'] / warm['seconds']:.2f}x "

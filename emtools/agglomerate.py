@@ -24,10 +24,10 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from numba import njit
 
 from emtools.errors import EmError
 from emtools.hashtable import insert, lookup, remove
+from emtools.native import helper, kernel
 from emtools.region_graph import (
     DEFAULT_BINS,
     RegionGraph,
@@ -183,7 +183,7 @@ def apply_lookup(nodes: np.ndarray, lut: np.ndarray, out: np.ndarray | None = No
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel("u4[::1], u8[::1], u8[::1]", "u8[::1], u8[::1], u8[::1]")
 def _gather(nodes, lut, out):
     for i in range(nodes.size):
         out[i] = lut[nodes[i]]
@@ -267,7 +267,7 @@ def joining_scores(graph: RegionGraph, history: MergeHistory) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- union-find
 
-@njit(cache=True, nogil=True)
+@helper
 def _find(parent, x):
     root = x
     while parent[root] != root:
@@ -279,7 +279,7 @@ def _find(parent, x):
     return root
 
 
-@njit(cache=True, nogil=True)
+@kernel("i8[::1], u8[::1], i8[::1], i8[::1]")
 def _unite_all(parent, low, a, b):
     for i in range(a.size):
         ra = _find(parent, a[i])
@@ -293,14 +293,14 @@ def _unite_all(parent, low, a, b):
             low[ra] = low[rb]
 
 
-@njit(cache=True, nogil=True)
+@kernel("i8[::1], u8[::1], u8[::1]")
 def _resolve(parent, low, lut):
     lut[0] = 0
     for k in range(1, parent.size):
         lut[k] = low[_find(parent, k)]
 
 
-@njit(cache=True, nogil=True)
+@kernel("i8, i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], f8[::1], f8[::1]")
 def _joining(n, u, v, start, incident, a, b, effective, out):
     """Small-to-large: when two sets merge, scan the smaller one's edges for the other set."""
     owner = np.arange(n, dtype=np.int64)
@@ -334,12 +334,12 @@ def _joining(n, u, v, start, incident, a, b, effective, out):
 
 # ----------------------------------------------------------------------------- merging
 
-@njit(cache=True, nogil=True)
+@helper
 def _less(c1, e1, c2, e2):
     return c1 < c2 or (c1 == c2 and e1 < e2)
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _push(costs, edges, stamps, size, cost, edge, stamp):
     i = size
     while i > 0:
@@ -355,7 +355,7 @@ def _push(costs, edges, stamps, size, cost, edge, stamp):
     stamps[i] = stamp
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _pop(costs, edges, stamps, size):
     """Remove the top of the heap (size > 0); returns (cost, edge, stamp)."""
     top = (costs[0], edges[0], stamps[0])
@@ -380,7 +380,7 @@ def _pop(costs, edges, stamps, size):
     return top
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _cost(e, kind, q, count, total, lo, hi, hist):
     if kind == 0:
         return 1.0 - total[e] / max(count[e], 1)
@@ -391,7 +391,7 @@ def _cost(e, kind, q, count, total, lo, hi, hist):
     return 1.0 - _quantile_of(hist[e], q)
 
 
-@njit(cache=True, nogil=True)
+@kernel("i8, i8[::1], i8[::1], i8[::1], f8[::1], f4[::1], f4[::1], u4[:,::1], b1, i8, f8, f8")
 def _merge(n_nodes, eu, ev, count, total, lo, hi, hist, use_hist, kind, q, until):
     """Greedy merging; returns the (kept node, merged node, cost) of each merge in order.
 

@@ -1,4 +1,4 @@
-"""Segmentation metrics for em-eval: pure numpy/numba functions, no I/O (one import for all).
+"""Segmentation metrics for em-eval: numpy functions over compiled kernels, no I/O (one import).
 
 - :mod:`emtools.evaluate_table`: the contingency table (compiled core, chunk-additive).
 - :mod:`emtools.evaluate_neuron`: VOI split/merge, adapted Rand, Rand split/merge, CREMI score.

@@ -4,7 +4,7 @@ A contingency table counts, for every pair (ground-truth label g, predicted labe
 labelled g in the ground truth and s in the prediction. VOI, Rand, adapted Rand, instance IoUs
 and voxel confusion matrices all follow from it, so the volume is read exactly once.
 
-How the table is counted (``_count_pairs``, numba, one pass, no copy of the labels)::
+How the table is counted (``_count_pairs``, compiled, one pass, no copy of the labels)::
 
     voxels in memory order --> runs of equal (g, s) --> open-addressing hash table
                                (labels change rarely       keyed by (g, s), linear probing,
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import numba
 import numpy as np
 
 from emtools.errors import EmError
+from emtools.native import helper, kernel
 
 __all__ = [
     "SKIP_CHOICES",
@@ -46,14 +46,14 @@ _S32 = np.uint64(32)
 _INITIAL_CAPACITY = 1 << 12
 
 
-@numba.njit(cache=True, nogil=True)
+@helper
 def _slot(x, y, mask):
     h = (x * _M1) ^ ((y ^ (y >> _S32)) * _M2)
     h ^= h >> _S29
     return np.int64(h & mask)
 
 
-@numba.njit(cache=True, nogil=True)
+@helper
 def _insert(table, x, y, c):
     """Add ``c`` to the entry (x, y); returns 1 when the entry is new.
 
@@ -74,7 +74,7 @@ def _insert(table, x, y, c):
         i = (i + 1) & np.int64(mask)
 
 
-@numba.njit(cache=True, nogil=True)
+@helper
 def _grow(table):
     new = np.zeros((table.shape[0] * 2, 3), np.uint64)
     for i in range(table.shape[0]):
@@ -83,7 +83,10 @@ def _grow(table):
     return new
 
 
-@numba.njit(cache=True, nogil=True)
+_LABEL_TYPES = ("u1", "u2", "u4", "u8")  # ``_unsigned`` maps every label type onto these
+
+
+@kernel(*[f"{a}[::1], {b}[::1], i8, u8[:,::1], i8" for a in _LABEL_TYPES for b in _LABEL_TYPES])
 def _count_pairs(gt, seg, skip, table, used):
     """Add the (gt, seg) pairs of two equally ordered 1D label arrays to the hash table.
 
@@ -118,7 +121,7 @@ def _count_pairs(gt, seg, skip, table, used):
     return table, used
 
 
-@numba.njit(cache=True, nogil=True)
+@kernel("u8[::1], i8[::1]")
 def _group_sum(keys, weights):
     """Unique keys (in first-seen order) and the sum of ``weights`` per key, in O(n)."""
     capacity = _INITIAL_CAPACITY

@@ -1,4 +1,4 @@
-"""The compiled core of the watershed: quantised heights and bucket-queue flooding (numba).
+"""The compiled core of the watershed: quantised heights and bucket-queue flooding.
 
 Used by :mod:`emtools.watershed` (which documents the algorithm); kept apart so that module
 reads as the pipeline. Everything here works in place on arrays the caller allocated.
@@ -7,9 +7,9 @@ reads as the pipeline. Everything here works in place on arrays the caller alloc
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from emtools.errors import EmError
+from emtools.native import helper, kernel
 
 FLOAT_LEVELS = 65536
 
@@ -41,7 +41,7 @@ def check_unit_range(array: np.ndarray, name: str) -> None:
         raise EmError(f"{name} must lie in [0, 1] for float input, found values in [{lo:g}, {hi:g}]")
 
 
-@njit(cache=True, nogil=True)
+@kernel("f4[::1]", "f8[::1]")
 def _min_max(flat):
     """(min, max), or NaN if any value is NaN (one pass, no temporaries)."""
     lo = np.inf
@@ -78,7 +78,7 @@ def quantize(height: np.ndarray, levels: int = FLOAT_LEVELS) -> tuple[np.ndarray
     return out, levels
 
 
-@njit(cache=True, nogil=True)
+@kernel("f4[::1], f4, u2[::1]")
 def _quantize(flat, scale, out):
     for i in range(flat.size):
         out[i] = np.uint16(flat[i] * scale + np.float32(0.5))
@@ -113,7 +113,7 @@ def flood_labels(levels_array, labels, mask8, use_mask, use_z, n_levels, exact=F
     _unpack(labels)
 
 
-@njit(cache=True, nogil=True)
+@kernel("u2[:,:,::1], u8[:,:,::1], u1[:,:,::1], b1")
 def _pack(levels_array, labels, mask, use_mask):
     lev = levels_array.reshape(-1)
     lab = labels.reshape(-1)
@@ -125,14 +125,14 @@ def _pack(levels_array, labels, mask, use_mask):
             lab[p] = np.uint64(lev[p]) | (lab[p] << _LABEL_SHIFT)
 
 
-@njit(cache=True, nogil=True)
+@kernel("u8[:,:,::1]")
 def _unpack(labels):
     lab = labels.reshape(-1)
     for p in range(lab.size):
         lab[p] = lab[p] >> _LABEL_SHIFT
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _heap_push(keys, values, size, key, value):
     """Push (key, value) on a binary min-heap in ``keys[:size]``; returns the (grown) arrays."""
     if size == keys.size:
@@ -154,7 +154,7 @@ def _heap_push(keys, values, size, key, value):
     return keys, values
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _heap_pop(keys, values, size):
     """Remove the smallest key of ``keys[:size]`` (size > 0); returns its value."""
     top = values[0]
@@ -178,7 +178,7 @@ def _heap_pop(keys, values, size):
     return top
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _neighbour(p, k, z, y, x, nz, ny, nx, plane, use_z):
     """Raveled index of neighbour ``k`` of voxel p (order -z, -y, -x, +x, +y, +z), or -1."""
     if k == 0:
@@ -194,7 +194,7 @@ def _neighbour(p, k, z, y, x, nz, ny, nx, plane, use_z):
     return p + plane if use_z and z < nz - 1 else -1
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _start_flood(st, use_z, n_levels, queue):
     """Lay out one FIFO per level in ``queue`` (a counting sort) and push the seeds.
 
@@ -238,7 +238,7 @@ def _start_flood(st, use_z, n_levels, queue):
     return read, write, current
 
 
-@njit(cache=True, nogil=True)
+@kernel("u8[:,:,::1], b1, i8, i4[::1], i4[::1]", "u8[:,:,::1], b1, i8, i8[::1], i8[::1]")
 def _flood_fast(state, use_z, n_levels, queue, dips):
     """Flood the packed ``state`` in place, lowest level first (Meyer's monotone flooding).
 
@@ -289,7 +289,7 @@ def _flood_fast(state, use_z, n_levels, queue, dips):
                 dips_size += 1
 
 
-@njit(cache=True, nogil=True)
+@kernel("u8[:,:,::1], b1, i8, i4[::1]", "u8[:,:,::1], b1, i8, i8[::1]")
 def _flood_exact(state, use_z, n_levels, queue):
     """As :func:`_flood_fast`, but dips come from a heap keyed (level, push time): exactly the
     order of one global priority queue, as scikit-image's watershed (on the same levels)."""

@@ -1,4 +1,4 @@
-"""An open-addressing hash table of uint64 keys -> int64 values, for numba kernels.
+"""An open-addressing hash table of uint64 keys -> int64 values, for the compiled kernels.
 
 Two arrays of a power-of-two size: ``keys`` (0 = empty slot, so keys must be non-zero) and
 ``values``; ``shift = 64 - log2(size)``. Fibonacci hashing, linear probing, and backward-shift
@@ -9,7 +9,8 @@ Used for (fragment, fragment) pair keys by the region graph and the agglomeratio
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from emtools.native import helper
 
 
 def empty_table(bits: int) -> tuple[np.ndarray, np.ndarray, np.uint64]:
@@ -17,12 +18,12 @@ def empty_table(bits: int) -> tuple[np.ndarray, np.ndarray, np.uint64]:
     return np.zeros(1 << bits, np.uint64), np.empty(1 << bits, np.int64), np.uint64(64 - bits)
 
 
-@njit(cache=True, nogil=True)
+@helper
 def slot(key, shift):
     return np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> shift)
 
 
-@njit(cache=True, nogil=True)
+@helper
 def find_or_add(keys, values, shift, key, new_value):
     """The value stored for ``key``, or store ``new_value`` for it; returns (value, added)."""
     mask = keys.size - 1
@@ -38,7 +39,7 @@ def find_or_add(keys, values, shift, key, new_value):
         i = (i + 1) & mask
 
 
-@njit(cache=True, nogil=True)
+@helper
 def insert(keys, values, shift, key, value):
     """Store ``key`` (known to be absent) -> ``value``."""
     mask = keys.size - 1
@@ -49,7 +50,7 @@ def insert(keys, values, shift, key, value):
     values[i] = value
 
 
-@njit(cache=True, nogil=True)
+@helper
 def lookup(keys, values, shift, key):
     """The value stored for ``key``, or -1."""
     mask = keys.size - 1
@@ -63,7 +64,7 @@ def lookup(keys, values, shift, key):
         i = (i + 1) & mask
 
 
-@njit(cache=True, nogil=True)
+@helper
 def remove(keys, values, shift, key):
     """Delete ``key`` if present, shifting later entries of its probe run back."""
     mask = keys.size - 1
@@ -92,7 +93,7 @@ def remove(keys, values, shift, key):
     keys[i] = 0
 
 
-@njit(cache=True, nogil=True)
+@helper
 def rehash(keys, values, bits):
     """A new table with 2**bits slots holding the same entries; returns (keys, values)."""
     new_keys = np.zeros(1 << bits, np.uint64)

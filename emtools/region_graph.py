@@ -18,15 +18,20 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from numba import njit
 
 from emtools.errors import EmError
 from emtools.flood import check_unit_range
 from emtools.hashtable import find_or_add, lookup, rehash
+from emtools.native import helper, kernel
 
 __all__ = ["RegionGraph", "compact_labels", "edge_quantile", "region_graph"]
 
 DEFAULT_BINS = 256
+
+# Compiled ahead of time for node volumes of uint32 / uint64 and values of float32 / uint8.
+_CONTACT_SIGNATURES = [f"{n}[:,:,::1], i8, {v}[:,:,:,::1], b1, f8, i8[::1]" for n in ("u4", "u8") for v in ("f4", "u1")]
+_HISTOGRAM_SIGNATURES = [f"{n}[:,:,::1], i8, {v}[:,:,:,::1], b1, f8, i8[::1], i8[::1], u4[:,::1], i8[::1]"
+                         for n in ("u4", "u8") for v in ("f4", "u1")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,8 @@ def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if labels.size == 0:
         return np.zeros(labels.shape, np.uint32), np.zeros(1, np.uint64)
     flat = np.ascontiguousarray(labels).reshape(-1)
+    if flat.dtype.kind == "i":  # checked non-negative: the same values as unsigned
+        flat = flat.view(f"u{flat.dtype.itemsize}")
     top = int(flat.max())
     # dense labels 1..n (watershed output): node index = label, one pass to check
     if top < 2**32 and top <= flat.size and _all_present(flat, top):
@@ -107,7 +114,7 @@ def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(nodes), ids
 
 
-@njit(cache=True, nogil=True)
+@kernel("u1[::1], i8", "u2[::1], i8", "u4[::1], i8", "u8[::1], i8")
 def _all_present(flat, top):
     seen = np.zeros(top + 1, np.bool_)
     for i in range(flat.size):
@@ -199,7 +206,7 @@ def edge_quantile(histogram: np.ndarray, q: float) -> np.ndarray:
     return out
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _quantile_of(row, q):
     total = 0
     for b in range(row.size):
@@ -215,7 +222,7 @@ def _quantile_of(row, q):
     return (row.size - 0.5) / row.size
 
 
-@njit(cache=True, nogil=True)
+@kernel("u4[:,::1], f8, f8[::1]")
 def _quantiles(histogram, q, out):
     for e in range(histogram.shape[0]):
         out[e] = _quantile_of(histogram[e], q)
@@ -223,7 +230,7 @@ def _quantiles(histogram, q, out):
 
 # ----------------------------------------------------------------------------- contacts
 
-@njit(cache=True, nogil=True)
+@helper
 def _contact_value(values, from_boundary, scale, c, z, y, x, zq, yq, xq):
     if from_boundary:
         a = np.float64(values[0, z, y, x])
@@ -232,7 +239,7 @@ def _contact_value(values, from_boundary, scale, c, z, y, x, zq, yq, xq):
     return np.float64(values[c, z, y, x]) * scale
 
 
-@njit(cache=True, nogil=True)
+@kernel(*_CONTACT_SIGNATURES)
 def _contacts(nodes, n, values, from_boundary, scale, bounds):
     bits = 10
     keys = np.zeros(1 << bits, np.uint64)
@@ -312,21 +319,21 @@ def _contacts(nodes, n, values, from_boundary, scale, bounds):
             total[:n_edges].copy(), lo[:n_edges].copy(), hi[:n_edges].copy())
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _grow_i(a, capacity):
     out = np.zeros(capacity, a.dtype)
     out[: a.size] = a
     return out
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _grow_f(a, capacity):
     out = np.zeros(capacity, a.dtype)
     out[: a.size] = a
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel(*_HISTOGRAM_SIGNATURES)
 def _histograms(nodes, n, values, from_boundary, scale, eu, ev, histogram, bounds):
     """Second pass over the contacts: fill each edge's histogram (edges already known)."""
     n_edges = eu.size

@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
 from emtools.agglomerate import _find, check_thresholds
 from emtools.errors import EmError
+from emtools.native import kernel
 
 __all__ = ["apply_table", "best_edges", "fragment_offsets", "lookup_tables"]
 
@@ -85,7 +85,7 @@ def lookup_tables(
     return tables
 
 
-@njit(cache=True, nogil=True)
+@kernel("i8[::1], i8[::1], i8[::1]")
 def _unite_min(parent, a, b):
     """Union by smaller id: the root of every set is its smallest fragment id."""
     for i in range(a.size):
@@ -99,7 +99,7 @@ def _unite_min(parent, a, b):
             parent[ra] = rb
 
 
-@njit(cache=True, nogil=True)
+@kernel("i8[::1]")
 def _roots(parent):
     out = np.empty(parent.size, np.int64)
     for k in range(parent.size):

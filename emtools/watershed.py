@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numba import njit
 
 from emtools.errors import EmError
+from emtools.filters import maximum_filter
 from emtools.flood import (
     FLOAT_LEVELS,
     _min_max,
@@ -39,6 +39,7 @@ from emtools.flood import (
     flood_labels,
     quantize,
 )
+from emtools.native import kernel
 
 __all__ = [
     "FLOAT_LEVELS",
@@ -92,7 +93,7 @@ def boundary_from_affinities(affs: np.ndarray, reduce: str = "mean") -> np.ndarr
     return out
 
 
-@njit(cache=True, nogil=True)
+@kernel("f4[:,:,:,::1], f4, b1, f4[:,:,::1]", "u1[:,:,:,::1], f4, b1, f4[:,:,::1]")
 def _boundary_kernel(affs, scale, use_min, out):
     nz, ny, nx = out.shape
     for z in range(nz):
@@ -230,7 +231,6 @@ def distance_seeds(
     ``min_distance``. Touching maxima (plateaus) form one seed.
     """
     import edt
-    from scipy import ndimage
 
     _check_mode(mode)
     boundary = as_unit_float(boundary, "boundary map")
@@ -244,6 +244,9 @@ def distance_seeds(
         for z in range(boundary.shape[0]):
             dist[z] = edt.edt(inside[z], anisotropy=aniso[1:], black_border=False)
     if sigma > 0:
+        # imported only here: scipy.ndimage costs each process ~0.25 s to import
+        from scipy import ndimage
+
         sig = [sigma / a for a in aniso]
         if mode == "2d":
             sig[0] = 0.0
@@ -251,7 +254,7 @@ def distance_seeds(
     size = [max(1, 2 * int(round(radius / a)) + 1) for a in aniso]
     if mode == "2d":
         size[0] = 1
-    peak = ndimage.maximum_filter(dist, size=size, mode="nearest")
+    peak = maximum_filter(dist, size)
     maxima = (dist >= peak) & (dist >= np.float32(min_distance)) & inside
     del peak
     return _label_sections(maxima, mode, 26, 8)
