@@ -360,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         try:
             build(target_cpu=args.target_cpu, verbose=args.verbose)
-        except ImportError as exc:  # a numba without pycc: the JIT path still works
-            print(f"emtools.native: cannot compile ahead of time ({exc}); kernels will be JIT-compiled",
+        except Exception as exc:  # noqa: BLE001 (no pycc, no C compiler, ...): the JIT path still works
+            print(f"emtools.native: WARNING: cannot compile the kernels ahead of time "
+                  f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); "
+                  "every tool still works, JIT-compiling its kernels (about 1.2 s more per process)",
                   file=sys.stderr)
         return 0
     print(json.dumps(status()))

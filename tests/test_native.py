@@ -166,3 +166,21 @@ def test_compiled_and_jit_kernels_give_identical_segmentations_and_only_jit_impo
     assert aot["2d"]["frags"] > 20 and aot["2d"]["merges"] > 0
     assert "numba not imported" in aot_log
     assert "numba imported" in jit_log
+
+
+def test_a_failed_build_warns_in_one_line_and_leaves_the_jit_path(monkeypatch, capsys):
+    def broken(**_):
+        raise RuntimeError("gcc: command not found\nerror: command 'gcc' failed")
+
+    monkeypatch.setattr(native, "build", broken)
+    assert native.main(["build"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "cannot compile the kernels ahead of time (RuntimeError: error: command 'gcc' failed)" in err[0]
+    assert "JIT" in err[0]
+
+
+def test_status_prints_one_json_line(capsys):
+    assert native.main(["status"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["kernels"] in ("aot", "jit") and state["reason"]
