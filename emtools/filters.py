@@ -31,7 +31,7 @@ def maximum_filter(volume: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 @helper
-def _line_maximum(flat, start, stride, n, radius, line, padded, prefix, suffix):
+def _line_maximum(flat, start, stride, n, radius, padded, prefix, suffix):
     """The line ``flat[start::stride][:n]`` <- its max over the window i-radius..i+radius, in place.
 
     van Herk / Gil-Werman: the line padded with -inf by ``radius`` on both sides is cut into
@@ -40,12 +40,10 @@ def _line_maximum(flat, start, stride, n, radius, line, padded, prefix, suffix):
     """
     width = 2 * radius + 1
     total = ((n + 2 * radius + width - 1) // width) * width  # whole blocks only
-    for i in range(n):
-        line[i] = flat[start + i * stride]
     for j in range(total):
         padded[j] = -np.inf
     for i in range(n):
-        padded[i + radius] = line[i]
+        padded[i + radius] = flat[start + i * stride]
     for first in range(0, total, width):
         last = first + width - 1
         prefix[first] = padded[first]
@@ -66,17 +64,16 @@ def _box_maximum(out, rz, ry, rx):
     longest = max(nz, max(ny, nx))
     widest = 2 * max(rz, max(ry, rx)) + 1
     room = longest + 2 * widest
-    line = np.empty(longest, np.float32)
     padded = np.empty(room, np.float32)
     prefix = np.empty(room, np.float32)
     suffix = np.empty(room, np.float32)
     if rx > 0:  # lines along x start at every (z, y)
         for start in range(0, flat.size, nx):
-            _line_maximum(flat, start, 1, nx, rx, line, padded, prefix, suffix)
+            _line_maximum(flat, start, 1, nx, rx, padded, prefix, suffix)
     if ry > 0:  # along y at every (z, x): neighbouring x share cache lines
         for z in range(nz):
             for x in range(nx):
-                _line_maximum(flat, z * plane + x, nx, ny, ry, line, padded, prefix, suffix)
+                _line_maximum(flat, z * plane + x, nx, ny, ry, padded, prefix, suffix)
     if rz > 0:  # along z at every (y, x)
         for start in range(plane):
-            _line_maximum(flat, start, plane, nz, rz, line, padded, prefix, suffix)
+            _line_maximum(flat, start, plane, nz, rz, padded, prefix, suffix)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -36,6 +37,7 @@ import numpy as np
 
 from emtools.errors import EmError
 
+log = logging.getLogger("emtools")
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODULE_NAME = "_kernels"
 STAMP_FILE = PACKAGE_DIR / f"{MODULE_NAME}.json"
@@ -343,7 +345,7 @@ def build(output_dir: Path | None = None, target_cpu: str = "", verbose: bool = 
         tmp_stamp = Path(tmp) / "stamp.json"
         tmp_stamp.write_text(json.dumps(stamp, indent=1) + "\n")
         os.replace(tmp_stamp, out_dir / STAMP_FILE.name)
-    print(f"built {final} ({n} kernel signatures, {time.time() - started:.0f} s)", file=sys.stderr)
+    log.info("built %s (%d kernel signatures, %.0f s)", final, n, time.time() - started)
     return final
 
 
@@ -357,16 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--verbose", action="store_true")
     sub.add_parser("status", help="print which kernels this installation uses (JSON)")
     args = parser.parse_args(argv)
+    from emtools.cli.common import _setup_logging
+
+    _setup_logging("emtools.native", 0)
     if args.command == "build":
         try:
             build(target_cpu=args.target_cpu, verbose=args.verbose)
         except Exception as exc:  # noqa: BLE001 (no pycc, no C compiler, ...): the JIT path still works
-            print(f"emtools.native: WARNING: cannot compile the kernels ahead of time "
-                  f"({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); "
-                  "every tool still works, JIT-compiling its kernels (about 1.2 s more per process)",
-                  file=sys.stderr)
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+            log.warning("WARNING: cannot compile the kernels ahead of time (%s: %s); every tool still works, "
+                        "JIT-compiling its kernels (about 1.2 s more per process)", type(exc).__name__, detail)
         return 0
-    print(json.dumps(status()))
+    sys.stdout.write(json.dumps(status()) + "\n")  # data on stdout, as every tool
     return 0
 
 
