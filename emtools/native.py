@@ -359,9 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--verbose", action="store_true")
     sub.add_parser("status", help="print which kernels this installation uses (JSON)")
     args = parser.parse_args(argv)
-    from emtools.cli.common import _setup_logging
+    from emtools.cli.common import setup_logging
 
-    _setup_logging("emtools.native", 0)
+    setup_logging("emtools.native", 0)
     if args.command == "build":
         try:
             build(target_cpu=args.target_cpu, verbose=args.verbose)

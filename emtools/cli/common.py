@@ -26,7 +26,8 @@ T = TypeVar("T")
 log = logging.getLogger("emtools")
 
 
-def _setup_logging(tool: str, verbosity: int) -> None:
+def setup_logging(tool: str, verbosity: int) -> None:
+    """The tool's log on stderr, each line prefixed ``tool:`` (-1: warnings only, 0: info, 1: debug)."""
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{tool}: %(message)s"))
@@ -110,7 +111,7 @@ def contract(tool: str):
         @click.option("--debug", is_flag=True, help="Show the full traceback on failure.")
         @functools.wraps(func)
         def wrapper(*args, quiet: bool, verbose: int, debug: bool, **kwargs):
-            _setup_logging(tool, -1 if quiet else min(verbose, 1))
+            setup_logging(tool, -1 if quiet else min(verbose, 1))
             return run_tool(tool, lambda: func(*args, **kwargs), debug)
 
         return wrapper
