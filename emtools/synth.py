@@ -25,7 +25,6 @@ Not modelled: synapses, vesicles, glia, section defects (folds, missing sections
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import cc3d
@@ -36,6 +35,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from emtools.checks import check_number, check_positive_triple, check_seed, check_shape
+from emtools.cpus import usable_cpus
 from emtools.errors import EmError
 
 __all__ = ["SyntheticVolume", "make_synthetic_volume"]
@@ -319,7 +319,7 @@ def _carve_membranes(labels, voxel, thickness, rounding):
     # Deciding whether a voxel survives the opening needs labels up to 2 * rounding away.
     halo = math.ceil(max(reach, 2.0 * rounding) / voxel[0]) + 1
     tissue = np.zeros(shape, np.uint8)
-    threads = max(1, min(8, os.cpu_count() or 1))
+    threads = usable_cpus()
     deep_cells = np.zeros(int(labels.max(initial=0)) + 1, bool)
     for z0, z1 in _slab_ranges(shape, 4 * _SLAB_VOXELS):
         lo, hi = max(0, z0 - halo), min(shape[0], z1 + halo)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from emtools.cpus import usable_cpus
 from emtools.errors import EmError
 from emtools.filters import maximum_filter
 from emtools.flood import (
@@ -237,12 +238,13 @@ def distance_seeds(
     _check_3d(boundary, "boundary map")
     aniso = _anisotropy(voxel_size_nm)
     inside = boundary < np.float32(threshold)
+    threads = usable_cpus()
     if mode == "3d":
-        dist = edt.edt(inside, anisotropy=aniso, black_border=False).astype(np.float32, copy=False)
+        dist = edt.edt(inside, anisotropy=aniso, black_border=False, parallel=threads).astype(np.float32, copy=False)
     else:
         dist = np.empty(boundary.shape, np.float32)
         for z in range(boundary.shape[0]):
-            dist[z] = edt.edt(inside[z], anisotropy=aniso[1:], black_border=False)
+            dist[z] = edt.edt(inside[z], anisotropy=aniso[1:], black_border=False, parallel=threads)
     if sigma > 0:
         # imported only here: scipy.ndimage costs each process ~0.25 s to import
         from scipy import ndimage

@@ -262,6 +262,7 @@ def test_disk_full_while_writing(tmp_path, monkeypatch, spec):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(h5.Dataset, "__setitem__", no_space)
+    monkeypatch.setattr(io.h5chunks, "write_deflate", no_space)  # whole-chunk regions go there
     monkeypatch.setattr(tifffile.TiffWriter, "write", no_space)
     with pytest.raises(EmError, match=f"cannot write .*{spec}: no space left on device"):
         io.write_volume(str(tmp_path / spec), np.ones((3, 4, 4), np.uint8), Metadata())

@@ -179,6 +179,19 @@ def test_distance_seeds_3d_join_sections():
     assert len(np.unique(seeds[seeds != 0])) == 2
 
 
+@pytest.mark.parametrize("mode", ["2d", "3d"])
+def test_distance_seeds_do_not_depend_on_the_thread_count(monkeypatch, mode):
+    """The distance transform runs on every usable CPU; the seeds must not change with their number."""
+    boundary = ndimage.gaussian_filter(np.random.default_rng(3).random((6, 60, 70)), 2).astype(np.float32)
+    boundary = (boundary - boundary.min()) / (boundary.max() - boundary.min())
+    runs = []
+    for count in (1, 4):
+        monkeypatch.setattr(W, "usable_cpus", lambda count=count: count)
+        runs.append(W.distance_seeds(boundary, threshold=0.5, mode=mode, voxel_size_nm=(3, 1, 1), radius=3))
+    assert runs[0].max() > 5
+    assert np.array_equal(runs[0], runs[1])
+
+
 def test_component_seeds_match_scipy():
     rng = np.random.default_rng(6)
     boundary = rng.random((4, 15, 15)).astype(np.float32)

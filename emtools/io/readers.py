@@ -12,20 +12,20 @@ from typing import Sequence
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.meta import Metadata
-from emtools.tiling import Box
-
+from emtools.io import h5chunks
 from emtools.io.encoding import meta_from_attrs, meta_from_description
 from emtools.io.specs import (
     SLICE_SUFFIXES,
     TIFF_SUFFIXES,
+    describe_formats,
     fmt_shape,
     is_glob,
-    short_reason,
-    describe_formats,
     natural_key,
+    short_reason,
     split_h5_spec,
 )
+from emtools.meta import Metadata
+from emtools.tiling import Box
 
 log = logging.getLogger("emtools")
 
@@ -98,12 +98,16 @@ class _H5Source(VolumeSource):
         self.shape = tuple(int(s) for s in self._ds.shape)
         self.dtype = self._ds.dtype
         self.meta = meta_from_attrs(dict(self._ds.attrs), len(self.shape))
+        self._deflate = h5chunks.deflate_only(self._ds)
 
     def _read(self, box: Box) -> np.ndarray:
-        sl = tuple(slice(b, e) for b, e in zip(box.begin, box.end))
-        if len(self.shape) == 4:
-            sl = (slice(None),) + sl
-        return self._ds[sl]
+        channels = self.shape[:1] if len(self.shape) == 4 else ()
+        begin, shape = (0,) * len(channels) + box.begin, channels + box.shape
+        chunks = self._ds.chunks
+        # more than one chunk of gzip data: decompress on every core (h5py uses one)
+        if self._deflate and h5chunks.threads() > 1 and h5chunks.chunk_count(begin, shape, chunks) > 1:
+            return h5chunks.read_deflate(self._ds, begin, shape)
+        return self._ds[tuple(slice(b, b + n) for b, n in zip(begin, shape))]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import re
 import logging
 import os
+import re
 import secrets
 from typing import Iterator, Sequence
 
@@ -15,21 +15,21 @@ import numpy as np
 
 from emtools import interrupt
 from emtools.errors import EmError
-from emtools.meta import Metadata
-from emtools.tiling import Box
-
-from emtools.io.encoding import tiff_description, meta_to_attrs
+from emtools.io import h5chunks
+from emtools.io.encoding import meta_to_attrs, tiff_description
 from emtools.io.specs import (
-    TMP_MARK,
     COMPRESSIONS,
     DEFAULT_DATASET,
-    fmt_shape,
+    TMP_MARK,
     check_output_path,
+    fmt_shape,
     output_file,
     output_format,
     short_reason,
     split_h5_spec,
 )
+from emtools.meta import Metadata
+from emtools.tiling import Box
 
 log = logging.getLogger("emtools")
 
@@ -200,6 +200,7 @@ class VolumeWriter:
             )
             for key, value in meta_to_attrs(self.meta).items():
                 self._ds.attrs[key] = value
+            self._chunks_written: set = set()
         else:
             import tifffile
 
@@ -220,12 +221,21 @@ class VolumeWriter:
         data = np.asarray(data).astype(self.dtype, copy=False)
         try:
             if self.format == "h5":
-                sl = tuple(slice(b, e) for b, e in zip(box.begin, box.end))
-                self._ds[((slice(None),) + sl) if len(self.shape) == 4 else sl] = data
+                self._h5_write(box, data)
             else:
                 self._tiff_write(box, data)
         except (OSError, RuntimeError) as error:  # the storage layer failed (disk full, I/O error)
             raise storage_error(self.path, error) from error
+
+    def _h5_write(self, box: Box, data: np.ndarray) -> None:
+        begin = ((0,) if len(self.shape) == 4 else ()) + box.begin
+        chunks = self._ds.chunks
+        if self.compression[0] == "gzip" and h5chunks.covers_whole_chunks(begin, data.shape, self.shape, chunks):
+            h5chunks.write_deflate(self._ds, data, begin, self.compression[1], self._chunks_written)
+            return
+        sl = tuple(slice(b, e) for b, e in zip(box.begin, box.end))
+        self._ds[((slice(None),) + sl) if len(self.shape) == 4 else sl] = data
+        self._chunks_written.update(h5chunks.chunk_origins(begin, data.shape, chunks))
 
     def _tiff_write(self, box: Box, data: np.ndarray) -> None:
         depth = self.shape[-3]
