@@ -19,8 +19,8 @@ from __future__ import annotations
 import collections
 import itertools
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -83,21 +83,21 @@ def write_deflate(dataset, data: np.ndarray, begin: Sequence[int], level: int, w
             block = padded
         return origin, zlib.compress(np.ascontiguousarray(block), level)
 
+    def store(stored_at: tuple[int, ...], payload: bytes | None) -> None:
+        interrupt.check()
+        if payload is not None:
+            dataset.id.write_direct_chunk(stored_at, payload, 0)
+            written.add(stored_at)
+
     workers = threads()
-    origins = chunk_origins(begin, data.shape, chunks)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: collections.deque = collections.deque()
-        for origin in itertools.chain(origins, [None]):
-            if origin is not None:
-                pending.append(pool.submit(encode, origin))
-                if len(pending) < 4 * workers:
-                    continue
-            while pending and (origin is None or len(pending) >= 4 * workers):
-                stored_at, payload = pending.popleft().result()
-                interrupt.check()
-                if payload is not None:
-                    dataset.id.write_direct_chunk(stored_at, payload, 0)
-                    written.add(stored_at)
+        for origin in chunk_origins(begin, data.shape, chunks):
+            pending.append(pool.submit(encode, origin))
+            while len(pending) >= 4 * workers:  # bounded: compressed chunks wait in order
+                store(*pending.popleft().result())
+        while pending:
+            store(*pending.popleft().result())
 
 
 def deflate_only(dataset) -> bool:
