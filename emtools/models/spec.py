@@ -45,6 +45,8 @@ ANISO_POOLS = ((1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2))
 # only when a level also loses ~8x voxels.  After the strided (1,2,2) entry conv, SNEMI3D-like data
 # (6x6x30 nm) is close to isotropic, so the efficient preset spends its one z-halving (18 slices
 # allow one) at the top, where the 24 -> 64 growth is, instead of at the bottom.
+# ssTEM with ~50 nm sections is still 6x anisotropic there: pool z one level lower for it
+# (pools=1x2x2,2x2x2,1x2x2,1x2x2; benchmarks/bench_train.py (d), SSTEM_MODELS).
 BALANCED_POOLS = ((2, 2, 2), (1, 2, 2), (1, 2, 2), (1, 2, 2))
 
 
