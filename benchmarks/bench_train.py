@@ -377,8 +377,10 @@ MODELS = {
 SSTEM_MODELS = {
     "rsunet-efficient-lr4e-3-zpool2": [*MODELS["rsunet-efficient-lr4e-3"], "model.pools=1x2x2,2x2x2,1x2x2,1x2x2"],
 }
-QUICK_WIDTHS = {"rsunet": "24,32,48", "rsunet-efficient": "24,64,192", "rsunet-efficient-lr4e-3": "24,64,192",
-                "rsunet-efficient-lr4e-3-zpool2": "24,64,192"}
+# --quick: three levels; these replace the model's own widths (and pools).
+QUICK_SHAPES = {"rsunet": ["model.widths=24,32,48"], "rsunet-efficient": ["model.widths=24,64,192"],
+                "rsunet-efficient-lr4e-3": ["model.widths=24,64,192"],
+                "rsunet-efficient-lr4e-3-zpool2": ["model.widths=24,64,192", "model.pools=1x2x2,2x2x2"]}
 
 
 def model_schedule(config: str, base: list[str], models: dict, out: Path, quick: bool, budget_s: float,
@@ -386,11 +388,10 @@ def model_schedule(config: str, base: list[str], models: dict, out: Path, quick:
     """(models, steps): one schedule for all ``models``, as many steps as the slowest fits in the
     budget (or ``fixed_steps``); ``quick``: three levels and 12 steps."""
     if quick:
-        def shallow(args: list[str]) -> list[str]:
-            return [a for a in args if not a.startswith(("model.widths=", "model.pools="))]
-        return {name: [*shallow(args), f"model.widths={QUICK_WIDTHS[name]}",
-                       *(["model.pools=1x2x2,2x2x2"] if name in SSTEM_MODELS else [])]
-                for name, args in models.items()}, 12
+        def shallow(name: str) -> list[str]:
+            replaced = tuple(a.split("=")[0] + "=" for a in QUICK_SHAPES[name])
+            return [*(a for a in models[name] if not a.startswith(replaced)), *QUICK_SHAPES[name]]
+        return {name: shallow(name) for name in models}, 12
     if fixed_steps:
         return models, fixed_steps
     slowest = max(fitted_steps(config, [*base, *args], out / name, budget_s, cap=100000, floor=1)[1]

@@ -27,13 +27,12 @@ import numpy as np
 from emtools import interrupt
 from emtools.cpus import usable_cpus
 
-MAX_THREADS = 8
 DEFLATE = 1  # HDF5's filter id (H5Z_FILTER_DEFLATE)
 
 
 def threads() -> int:
-    """Compression threads: the CPUs this process may use, at most MAX_THREADS."""
-    return usable_cpus(MAX_THREADS)
+    """Compression threads: the CPUs this process may use (at most usable_cpus' cap, 8)."""
+    return usable_cpus()
 
 
 def covers_whole_chunks(begin: Sequence[int], shape: Sequence[int], full_shape: Sequence[int],
