@@ -505,14 +505,16 @@ def sstem_models(part: str, heading: str, volume: list[str], image: np.ndarray, 
                  voxel_size_nm, out: Path, quick: bool, budget_s: float, fixed_steps: int | None,
                  seeds: tuple[int, ...], reuse: bool, augment: str) -> dict:
     """(d), (f): the models on one ssTEM stack of binary membrane labels (``interior``: non-zero inside
-    cells), examples/train_isbi.yaml with the ``volume`` overrides; z ``held`` (the volume's
-    val_region, never trained on) segmented per section and scored against the connected
-    components of its interior. ``heading`` starts the printed table's title."""
+    cells), examples/train_isbi.yaml with the ``volume`` overrides; the last z sections ``held``
+    are the volume's val_region (never trained on), segmented per section and scored against the
+    connected components of its interior. ``heading`` starts the printed table's title."""
     from emtools.train.data import label_components
 
     config = "examples/train_isbi.yaml"
     patch = [4, 128, 128]
-    base = [*volume, f"data.patch_zyx={','.join(map(str, patch))}", *light_augment(augment, "flip,grayscale")]
+    assert held.stop == image.shape[0], "the held-out sections are the last ones (val_region 'last N z')"
+    base = [*volume, f"data.volumes.0.val_region=last {held.stop - held.start} z",
+            f"data.patch_zyx={','.join(map(str, patch))}", *light_augment(augment, "flip,grayscale")]
     if quick:
         base += ["model.depth=3"]
     models, steps = model_schedule(config, base, {**MODELS, **SSTEM_MODELS}, out / part, quick, budget_s,
@@ -534,7 +536,7 @@ def sstem_models(part: str, heading: str, volume: list[str], image: np.ndarray, 
 
 def bench_models(out: Path, quick: bool, budget_s: float, fixed_steps: int | None = None,
                  seeds: tuple[int, ...] = (0,), reuse: bool = False, augment: str = "light") -> dict:
-    """(d): ISBI 2012, slices 25-29 held out (the config's val_region)."""
+    """(d): ISBI 2012, slices 25-29 held out."""
     from emtools import io
 
     image, _ = io.read_volume(str(ISBI / "image"))
@@ -559,7 +561,7 @@ def bench_models_vnc(out: Path, quick: bool, budget_s: float, fixed_steps: int |
     if not labels.exists():
         io.write_volume(f"{labels}:interior", interior, Metadata(voxel_size_nm=(50.0, 4.6, 4.6)))
     volume = [f"data.volumes.0.image={VNC / 'raw'}", f"data.volumes.0.labels={labels}:interior",
-              "data.volumes.0.voxel_size_nm=50,4.6,4.6", "data.volumes.0.val_region=last 4 z"]
+              "data.volumes.0.voxel_size_nm=50,4.6,4.6"]
     return sstem_models("models-vnc", "(f) rsunet vs rsunet-efficient on drosophila_vnc", volume, image, interior,
                         slice(16, 20), (50, 4.6, 4.6), out, quick, budget_s, fixed_steps, seeds, reuse, augment)
 
