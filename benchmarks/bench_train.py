@@ -399,11 +399,11 @@ SSTEM_MODELS = {
                                            "train.onednn=true", SSTEM_POOLS],
 }
 # --quick: three levels; these replace the model's own widths (and pools).
+QUICK_ZPOOL2 = ["model.widths=24,64,192", "model.pools=1x2x2,2x2x2"]
 QUICK_SHAPES = {"rsunet": ["model.widths=24,32,48"], "rsunet-efficient": ["model.widths=24,64,192"],
                 "rsunet-efficient-lr4e-3": ["model.widths=24,64,192"],
-                "rsunet-efficient-lr4e-3-zpool2": ["model.widths=24,64,192", "model.pools=1x2x2,2x2x2"],
-                "rsunet-efficient-lr2e-3-zpool2": ["model.widths=24,64,192", "model.pools=1x2x2,2x2x2"],
-                "rsunet-efficient-lr1e-3-zpool2": ["model.widths=24,64,192", "model.pools=1x2x2,2x2x2"],
+                "rsunet-efficient-lr4e-3-zpool2": QUICK_ZPOOL2, "rsunet-efficient-lr2e-3-zpool2": QUICK_ZPOOL2,
+                "rsunet-efficient-lr1e-3-zpool2": QUICK_ZPOOL2,
                 "rsunet-efficient-w32-lr1e-3-zpool2": ["model.widths=32,64,192", "model.pools=1x2x2,2x2x2"]}
 
 
