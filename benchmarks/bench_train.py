@@ -394,8 +394,8 @@ MODELS = {
 # Seeds 1 and 2 of that model: 92.46 / ARAND 0.041 and 92.04 / 0.045; rsunet seed 2: 90.73 / 0.064.
 # Over seeds 0-2 the w32 model averages 92.02 and ARAND 0.040 against rsunet's 91.46 and 0.050:
 # it beats the baseline's ARAND on every seed and its accuracy on two of three. On ISBI (d), seeds
-# 0, 1: 90.26 / 0.164 and 89.64 / 0.124 against rsunet's 90.31 / 0.193 and 89.22 / 0.128 (means
-# 89.95 / 0.144 against 89.77 / 0.160), at 0.386 s/step against 0.871 (seed 1, one run). It
+# 0, 1: 90.26 / 0.164 and 89.64 / 0.124 against rsunet's 90.31 / 0.191 and 89.22 / 0.128 (means
+# 89.95 / 0.144 against 89.77 / 0.159), at 0.386 s/step against 0.871 (seed 1, one run). It
 # costs 306 GFLOP per 18x160x160 iteration (rsunet 378) and is 4.1x faster than eager rsunet
 # there (bench_models.py, head to head; the preset geometry 5.0x). A full-resolution stage after
 # the transposed conv instead of the wider level 0 (transposed conv to 16 channels + a 1x3x3 conv
