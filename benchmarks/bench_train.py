@@ -406,8 +406,8 @@ SSTEM_MODELS = {
     "rsunet-efficient-lr4e-3-zpool2": [*MODELS["rsunet-efficient-lr4e-3"], SSTEM_POOLS],
     "rsunet-efficient-lr2e-3-zpool2": [*MODELS["rsunet-efficient"], "optim.lr=0.002", SSTEM_POOLS],
     "rsunet-efficient-lr1e-3-zpool2": [*MODELS["rsunet-efficient"], SSTEM_POOLS],
-    "rsunet-efficient-w32-lr1e-3-zpool2": ["model=rsunet-efficient", "model.widths=32,64,192,192,192",
-                                           "train.onednn=true", SSTEM_POOLS],
+    # the later widths override the preset's (em-train applies overrides in order)
+    "rsunet-efficient-w32-lr1e-3-zpool2": [*MODELS["rsunet-efficient"], "model.widths=32,64,192,192,192", SSTEM_POOLS],
 }
 # --quick: three levels; these replace the model's own widths (and pools).
 QUICK_ZPOOL2 = ["model.widths=24,64,192", "model.pools=1x2x2,2x2x2"]
