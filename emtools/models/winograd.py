@@ -5,16 +5,20 @@ Winograd's minimal filtering (Lavin & Gray 2016) computes a block of m outputs a
 m + 2 inputs with m + 2 element-wise products in a transformed domain; applied along z, y and x
 (here F(2,3) in z and F(4,3) in y and x: 4x6x6 input tiles for 2x4x4 output blocks), the batched
 matrix multiply that does the real work needs 144/32 = 4.5 instead of 27 multiply-adds per output
-(F(2,3) on all three axes: 8). The transforms (B' on the input tiles, G on the kernels, A' on the
-products) are small numba kernels that read each voxel once and vectorise over channels; the
-products are one ``torch.bmm`` of (tiles x C_in) @ (C_in x C_out) matrices per frequency.
+(F(2,3) on all three axes: 8). The products are one ``torch.bmm`` of (tiles x C_in) @ (C_in x C_out)
+matrices per frequency. All five transforms are two numba kernels: :func:`_gather_transform` (a
+block per tile, transformed along x, y, z into frequency-major rows: B' on the input tiles, G on
+the kernels, A on the output gradient) and :func:`_scatter_transform` (back: A' on the products,
+G' on the kernel gradient). Each job works on a row of tiles with buffers of its own, the channel
+loops innermost (they vectorise) and each output value written once.
 :func:`plan` picks F(4,3) or F(2,3) per axis from the layer's size.
 
-It pays on the coarse, wide levels of a 3D U-Net (192 channels at 9x20x20 and 9x10x10 voxels)
-and loses on thin, large levels (24 channels at 18x80x80), where the transforms cost more than the
-products save. ``use_winograd`` therefore switches only 3x3x3, stride-1, "same"-padded
-convolutions with at least ``MIN_CHANNELS`` input and output channels, and a switched layer runs
-volumes under ``MIN_VOXELS`` on oneDNN.
+It pays on the wide levels of a 3D U-Net (fwd+bwd, 2 threads: 192 channels at 9x20x20 voxels 43
+against oneDNN's 79 ms, at 9x10x10 18 against 28; 64 channels at 18x40x40 60 against 76) and loses
+on thin, large levels (32 channels at 18x80x80: 168 against 79 ms), where the transforms and the
+small products cost more than the fewer multiplies save. ``use_winograd`` therefore switches only
+3x3x3, stride-1, "same"-padded convolutions with at least ``MIN_CHANNELS`` input and output
+channels, and a switched layer runs volumes under ``MIN_VOXELS`` on oneDNN.
 
 Training uses the same algorithm three times:
 
@@ -41,8 +45,9 @@ from torch import nn
 from emtools.models.onednn import OneDNNConv3d, use_onednn
 from emtools.models.onednn import eligible as stride1_same
 
-MIN_CHANNELS = 128  # below this the transforms cost more than the fewer products save (measured)
+MIN_CHANNELS = 64  # below this the transforms cost more than the fewer products save (measured)
 MIN_VOXELS = 800  # output voxels per volume; fewer and the products are too small a GEMM to pay
+WEIGHT_COST = 64.0  # a training step's kernel transforms per frequency, in tiles' worth (see plan)
 
 # Lavin & Gray's F(2,3) and F(4,3): B' (input), G (kernel), A' (output) for one axis
 _F2 = {"BT": [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
@@ -58,165 +63,145 @@ for _mats in _MATRICES.values():  # the adjoints' matrices, contiguous for numba
     _mats["A"], _mats["GT"] = np.ascontiguousarray(_mats["AT"].T), np.ascontiguousarray(_mats["G"].T)
 
 
-def plan(shape_zyx) -> tuple[int, int, int]:
+def plan(shape_zyx, weight_cost: float = WEIGHT_COST) -> tuple[int, int, int]:
     """Outputs per tile along z, y, x: F(2,3) in z (few, thick sections: F(4,3) would pad 9 to 12),
-    F(4,3) in y and x wherever its 1.5 products per output beat F(2,3)'s 2 after padding to whole
-    tiles (F(4,3) is also ~4x less exact: ~1e-5 relative, still far below training noise)."""
-    def best(size: int) -> int:
-        return 4 if 1.5 * -(-size // 4) * 4 < 2 * -(-size // 2) * 2 else 2
-    return 2, best(shape_zyx[1]), best(shape_zyx[2])
+    and F(4,3) or F(2,3) in y and x, whichever costs least by frequencies x (tiles + ``weight_cost``):
+    the products and the tile transforms grow with frequencies x tiles, the kernel's transforms (three
+    per training step, memory-bound) with the frequencies alone, worth ``weight_cost`` tiles each.
+    So F(4,3) on large planes, F(2,3) where few tiles cannot repay 2.25x the transformed kernel
+    (training: 9x10x10 voxels at 192 channels, 17.6 against 22.2 ms per fwd+bwd; 9x20x20, 43 against
+    56 ms). Inference keeps the kernel's transform (``weight_cost`` 0). F(4,3) is ~4x less exact than
+    F(2,3), ~1e-5 relative, still far below training noise."""
+    best = None
+    for steps in ((2, 4, 4), (2, 2, 4), (2, 4, 2), (2, 2, 2)):
+        cost = _frequencies(steps) * (int(np.prod(_tiles(shape_zyx, steps))) + weight_cost)
+        if best is None or cost < best[0]:
+            best = (cost, steps)
+    return best[1]
 
 
 def _tiles(shape_zyx, steps) -> tuple[int, int, int]:
     return tuple(-(-s // m) for s, m in zip(shape_zyx, steps))
 
 
-@njit(cache=True, nogil=True)
-def _along(src, mat, axis):
-    """``mat`` (p x q) applied along ``axis`` (0, 1 or 2) of ``src`` (q on that axis, channels last):
-    a new array with p there. The innermost loop runs over channels, so it vectorises."""
-    s0, s1, s2, channels = src.shape
-    p, q = mat.shape
-    if axis == 0:
-        dst = np.zeros((p, s1, s2, channels), dtype=np.float32)
-    elif axis == 1:
-        dst = np.zeros((s0, p, s2, channels), dtype=np.float32)
-    else:
-        dst = np.zeros((s0, s1, p, channels), dtype=np.float32)
-    for row in range(p):
-        for col in range(q):
-            c = mat[row, col]
-            if c == 0:
-                continue
-            if axis == 0:
-                for j in range(s1):
-                    for k in range(s2):
-                        for ch in range(channels):
-                            dst[row, j, k, ch] += c * src[col, j, k, ch]
-            elif axis == 1:
-                for i in range(s0):
-                    for k in range(s2):
-                        for ch in range(channels):
-                            dst[i, row, k, ch] += c * src[i, col, k, ch]
-            else:
-                for i in range(s0):
-                    for j in range(s1):
-                        for ch in range(channels):
-                            dst[i, j, row, ch] += c * src[i, j, col, ch]
-    return dst
-
-
 @njit(cache=True, nogil=True, inline="always")
-def _tile(job, tiles_zyx, step_zyx, shift):
-    """(volume, z0, y0, x0) of tile ``job``: tiles numbered volume-major, then z, y, x; the origin is
-    the tile index times its step, minus ``shift`` (1 for input tiles: the zero padding)."""
-    tz, ty, tx = tiles_zyx
-    per_vol = tz * ty * tx
-    t = job % per_vol
-    return (job // per_vol, (t // (ty * tx)) * step_zyx[0] - shift, ((t // tx) % ty) * step_zyx[1] - shift,
-            (t % tx) * step_zyx[2] - shift)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _grid(shape_zyx, step_zyx):
-    """Tiles per axis that cover ``shape_zyx`` with blocks of ``step_zyx`` outputs."""
-    return ((shape_zyx[0] + step_zyx[0] - 1) // step_zyx[0], (shape_zyx[1] + step_zyx[1] - 1) // step_zyx[1],
-            (shape_zyx[2] + step_zyx[2] - 1) // step_zyx[2])
-
-
-@njit(cache=True, nogil=True)
-def _separable(src, mz, my, mx):
-    """``mx`` along x, then ``my`` along y, then ``mz`` along z."""
-    return _along(_along(_along(src, mx, 2), my, 1), mz, 0)
+def _along_y(src, my, dst):
+    """dst[i, q, p, :] = sum over j of my[q, j] * src[i, j, p, :] (the middle stage of both kernels)."""
+    for i in range(dst.shape[0]):
+        for q in range(dst.shape[1]):
+            dst[i, q] = 0.0
+            for j in range(src.shape[1]):
+                c = my[q, j]
+                if c != 0.0:
+                    for p in range(dst.shape[2]):
+                        for ch in range(dst.shape[3]):
+                            dst[i, q, p, ch] += c * src[i, j, p, ch]
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _input_transform(x, out, bz, by, bx, tiles_zyx):
-    """x (N, D, H, W, C) -> out (A, N*tiles, C): B' along x, y, z on every tile (stride m, zero
-    padding 1)."""
-    n_vol, depth, height, width, channels = x.shape
-    az, ay, ax = bz.shape[0], by.shape[0], bx.shape[0]
-    tiles = (tiles_zyx[0], tiles_zyx[1], tiles_zyx[2])
-    for job in prange(n_vol * tiles[0] * tiles[1] * tiles[2]):
-        n, z0, y0, x0 = _tile(job, tiles, (az - 2, ay - 2, ax - 2), 1)
-        d = np.zeros((az, ay, ax, channels), dtype=np.float32)
-        for i in range(az):
-            for j in range(ay):
-                for k in range(ax):
-                    z, y, xx = z0 + i, y0 + j, x0 + k
-                    if 0 <= z < depth and 0 <= y < height and 0 <= xx < width:
-                        d[i, j, k, :] = x[n, z, y, xx, :]
-        v = _separable(d, bz, by, bx).reshape(az * ay * ax, channels)
-        for row in range(az * ay * ax):
-            out[row, job, :] = v[row]
+def _gather_transform(src, out, mz, my, mx, steps_zyx, shift, tiles_zyx):
+    """Tiles of ``src`` (N, D, H, W, C) -> ``out`` (RZ*RY*RX, N*tiles, C): each tile is the
+    CZ x CY x CX block at (tile index * step - ``shift``) (zero outside ``src``), transformed by ``mx``
+    along x, ``my`` along y and ``mz`` along z (R x C matrices); frequency (r, q, p) is row
+    (r * RY + q) * RX + p, tile t of volume n is column n * tiles + t (tiles numbered z, y, x).
+
+    The input transform (B', shift 1: the zero padding), the output gradient's adjoint transform
+    (A, shift 0) and the kernel transform (G: one 3x3x3 "tile" per input channel) are all this.
+    Each job is a row of tiles along x with its own work buffers; the innermost loops run over
+    channels (contiguous), so they vectorise, and zero matrix entries are skipped."""
+    n_vol, depth, height, width, channels = src.shape
+    rz, cz = mz.shape
+    ry, cy = my.shape
+    rx, cx = mx.shape
+    tz, ty, tx = tiles_zyx[0], tiles_zyx[1], tiles_zyx[2]
+    for row in prange(n_vol * tz * ty):
+        n = row // (tz * ty)
+        z0 = ((row // ty) % tz) * steps_zyx[0] - shift
+        y0 = (row % ty) * steps_zyx[1] - shift
+        along_x = np.empty((cz, cy, rx, channels), dtype=np.float32)
+        along_y = np.empty((cz, ry, rx, channels), dtype=np.float32)
+        for ix in range(tx):
+            x0 = ix * steps_zyx[2] - shift
+            job = row * tx + ix
+            for i in range(cz):  # along x, straight from the source
+                z = z0 + i
+                for j in range(cy):
+                    y = y0 + j
+                    along_x[i, j] = 0.0
+                    if z < 0 or z >= depth or y < 0 or y >= height:
+                        continue
+                    for k in range(cx):
+                        xx = x0 + k
+                        if xx < 0 or xx >= width:
+                            continue
+                        for r in range(rx):
+                            c = mx[r, k]
+                            if c != 0.0:
+                                for ch in range(channels):
+                                    along_x[i, j, r, ch] += c * src[n, z, y, xx, ch]
+            _along_y(along_x, my, along_y)
+            for r in range(rz):  # along z, into the output rows
+                for q in range(ry):
+                    for p in range(rx):
+                        a = (r * ry + q) * rx + p
+                        out[a, job] = 0.0
+                        for i in range(cz):
+                            c = mz[r, i]
+                            if c != 0.0:
+                                for ch in range(channels):
+                                    out[a, job, ch] += c * along_y[i, q, p, ch]
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _output_transform(m, bias, y, az_t, ay_t, ax_t):
-    """m (A, N*tiles, C) -> y (N, D, H, W, C): A' along x, y, z on every tile, cropped at the far
-    borders, + bias (a?_t: the A' matrix of each axis, m outputs x m+2 inputs)."""
-    n_vol, depth, height, width, channels = y.shape
-    mz, my, mx = az_t.shape[0], ay_t.shape[0], ax_t.shape[0]
-    az, ay, ax = az_t.shape[1], ay_t.shape[1], ax_t.shape[1]
-    tiles = _grid((depth, height, width), (mz, my, mx))
-    for job in prange(n_vol * tiles[0] * tiles[1] * tiles[2]):
-        n, z0, y0, x0 = _tile(job, tiles, (mz, my, mx), 0)
-        tile = np.empty((az, ay, ax, channels), dtype=np.float32)
-        flat = tile.reshape(az * ay * ax, channels)
-        for row in range(az * ay * ax):
-            flat[row] = m[row, job, :]
-        block = _separable(tile, az_t, ay_t, ax_t)
-        for o in range(mz):
-            for b in range(my):
-                for a in range(mx):
-                    if z0 + o < depth and y0 + b < height and x0 + a < width:
-                        y[n, z0 + o, y0 + b, x0 + a, :] = block[o, b, a] + bias
+def _scatter_transform(src, bias, dst, mz, my, mx):
+    """``src`` (CZ*CY*CX, N*tiles, C) -> ``dst`` (N, D, H, W, C): the inverse layout of
+    :func:`_gather_transform`. Each tile's frequencies go through ``mz`` along z, ``my`` along y and
+    ``mx`` along x (R x C matrices) into an RZ x RY x RX block of ``dst`` at (tile index * R),
+    cropped at the far borders, plus ``bias`` per channel.
 
-
-@njit(parallel=True, cache=True, nogil=True)
-def _output_adjoint(gy, out, a_z, a_y, a_x):
-    """gy (N, D, H, W, C) -> out (A, N*tiles, C): the adjoint of _output_transform (for dL/dM);
-    a_? are the transposed A' matrices (m+2 x m)."""
-    n_vol, depth, height, width, channels = gy.shape
-    az, ay, ax = a_z.shape[0], a_y.shape[0], a_x.shape[0]
-    mz, my, mx = a_z.shape[1], a_y.shape[1], a_x.shape[1]
-    tiles = _grid((depth, height, width), (mz, my, mx))
-    for job in prange(n_vol * tiles[0] * tiles[1] * tiles[2]):
-        n, z0, y0, x0 = _tile(job, tiles, (mz, my, mx), 0)
-        g = np.zeros((mz, my, mx, channels), dtype=np.float32)
-        for o in range(mz):
-            for b in range(my):
-                for a in range(mx):
-                    if z0 + o < depth and y0 + b < height and x0 + a < width:
-                        g[o, b, a, :] = gy[n, z0 + o, y0 + b, x0 + a, :]
-        v = _separable(g, a_z, a_y, a_x).reshape(az * ay * ax, channels)
-        for row in range(az * ay * ax):
-            out[row, job, :] = v[row]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _weight_transform(w, out, gz, gy, gx):
-    """w (C_in, 3, 3, 3, C_out) -> out (A, C_in, C_out): G g G' along each axis, vectorised over C_out."""
-    c_in, c_out = w.shape[0], w.shape[4]
-    frequencies = gz.shape[0] * gy.shape[0] * gx.shape[0]
-    for ci in prange(c_in):
-        u = _separable(np.ascontiguousarray(w[ci]), gz, gy, gx).reshape(frequencies, c_out)
-        for row in range(frequencies):
-            out[row, ci, :] = u[row]
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _weight_adjoint(gu, out, g_z, g_y, g_x):
-    """gu (A, C_in, C_out) -> out (C_in, 3, 3, 3, C_out): the adjoint of _weight_transform (g_? are
-    the transposed G matrices, 3 x m+2)."""
-    c_in, c_out = gu.shape[1], gu.shape[2]
-    az, ay, ax = g_z.shape[1], g_y.shape[1], g_x.shape[1]
-    for ci in prange(c_in):
-        tile = np.empty((az, ay, ax, c_out), dtype=np.float32)
-        flat = tile.reshape(az * ay * ax, c_out)
-        for row in range(az * ay * ax):
-            flat[row] = gu[row, ci, :]
-        out[ci] = _separable(tile, g_z, g_y, g_x)
+    The output transform (A') and the kernel gradient's adjoint transform (G': one 3x3x3 block per
+    input channel) are this."""
+    n_vol, depth, height, width, channels = dst.shape
+    rz, cz = mz.shape
+    ry, cy = my.shape
+    rx, cx = mx.shape
+    tz, ty, tx = (depth + rz - 1) // rz, (height + ry - 1) // ry, (width + rx - 1) // rx
+    for row in prange(n_vol * tz * ty):
+        n = row // (tz * ty)
+        z0 = ((row // ty) % tz) * rz
+        y0 = (row % ty) * ry
+        along_z = np.empty((rz, cy, cx, channels), dtype=np.float32)
+        along_y = np.empty((rz, ry, cx, channels), dtype=np.float32)
+        voxel = np.empty(channels, dtype=np.float32)
+        for ix in range(tx):
+            x0 = ix * rx
+            job = row * tx + ix
+            for o in range(rz):  # along z, straight from the frequencies
+                for j in range(cy):
+                    for k in range(cx):
+                        along_z[o, j, k] = 0.0
+                        for i in range(cz):
+                            c = mz[o, i]
+                            if c != 0.0:
+                                a = (i * cy + j) * cx + k
+                                for ch in range(channels):
+                                    along_z[o, j, k, ch] += c * src[a, job, ch]
+            _along_y(along_z, my, along_y)
+            for o in range(rz):  # along x, each output voxel written once
+                z = z0 + o
+                for b in range(ry):
+                    y = y0 + b
+                    for a in range(rx):
+                        xx = x0 + a
+                        if z >= depth or y >= height or xx >= width:
+                            continue
+                        voxel[:] = bias
+                        for k in range(cx):
+                            c = mx[a, k]
+                            if c != 0.0:
+                                for ch in range(channels):
+                                    voxel[ch] += c * along_y[o, b, k, ch]
+                        dst[n, z, y, xx] = voxel
 
 
 def _axes(steps, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,18 +217,25 @@ def _frequencies(steps) -> int:
     return int(np.prod([m + 2 for m in steps]))
 
 
-def _transform_input(x: torch.Tensor, steps) -> torch.Tensor:
+def _transform_tiles(x: torch.Tensor, steps, key: str, shift: int) -> torch.Tensor:
+    """(N, C, D, H, W) -> (A, N*tiles, C): ``key`` "BT" (input tiles, m + 2 wide at stride m,
+    zero padding 1) or "A" (the adjoint of the output transform: m-wide blocks)."""
     tiles = _tiles(x.shape[2:], steps)
     out = torch.empty((_frequencies(steps), x.shape[0] * int(np.prod(tiles)), x.shape[1]), dtype=torch.float32)
-    _input_transform(_last(x), out.numpy(), *_axes(steps, "BT"), np.array(tiles, dtype=np.int64))
+    _gather_transform(_last(x), out.numpy(), *_axes(steps, key), np.array(steps, dtype=np.int64), shift,
+                      np.array(tiles, dtype=np.int64))
     return out
+
+
+def _transform_input(x: torch.Tensor, steps) -> torch.Tensor:
+    return _transform_tiles(x, steps, "BT", 1)
 
 
 def _transform_output(m: torch.Tensor, bias: torch.Tensor | None, shape, steps) -> torch.Tensor:
     n, c, depth, height, width = shape
     y = torch.empty((n, c, depth, height, width), dtype=torch.float32, memory_format=torch.channels_last_3d)
     bias_np = (bias.detach().float().contiguous().numpy() if bias is not None else np.zeros(c, dtype=np.float32))
-    _output_transform(m.numpy(), bias_np, y.permute(0, 2, 3, 4, 1).numpy(), *_axes(steps, "AT"))
+    _scatter_transform(m.numpy(), bias_np, y.permute(0, 2, 3, 4, 1).numpy(), *_axes(steps, "AT"))
     return y
 
 
@@ -254,7 +246,8 @@ def _transform_weight(weight: torch.Tensor, steps, flipped: bool = False) -> tor
     w_t = w.flip(2, 3, 4).permute(0, 2, 3, 4, 1) if flipped else w.permute(1, 2, 3, 4, 0)
     w_t = w_t.contiguous()
     out = torch.empty((_frequencies(steps), w_t.shape[0], w_t.shape[4]), dtype=torch.float32)
-    _weight_transform(w_t.numpy(), out.numpy(), *_axes(steps, "G"))
+    one = np.ones(3, dtype=np.int64)  # one 3x3x3 "tile" per input channel
+    _gather_transform(w_t.numpy(), out.numpy(), *_axes(steps, "G"), 3 * one, 0, one)
     return out
 
 
@@ -283,12 +276,11 @@ class _WinogradConv3d(torch.autograd.Function):
             if not ctx.x_channels_last:
                 grad_x = grad_x.contiguous()
         if ctx.needs_input_grad[1]:  # the products' adjoint
-            tiles_g = torch.empty((tiles_in.shape[0], tiles_in.shape[1], grad.shape[1]), dtype=torch.float32)
-            _output_adjoint(_last(grad), tiles_g.numpy(), *_axes(steps, "A"))
+            tiles_g = _transform_tiles(grad, steps, "A", 0)  # (A, T, C_out)
             grad_u = torch.bmm(tiles_in.transpose(1, 2), tiles_g)  # (A, C_in, C_out)
             c_in, c_out = grad_u.shape[1:]
             grad_t = torch.empty((c_in, 3, 3, 3, c_out), dtype=torch.float32)
-            _weight_adjoint(grad_u.numpy(), grad_t.numpy(), *_axes(steps, "GT"))
+            _scatter_transform(grad_u.numpy(), np.zeros(c_out, dtype=np.float32), grad_t.numpy(), *_axes(steps, "GT"))
             fmt = torch.channels_last_3d if weight.is_contiguous(memory_format=torch.channels_last_3d) else (
                 torch.contiguous_format)
             grad_w = grad_t.permute(4, 0, 1, 2, 3).contiguous(memory_format=fmt)
@@ -311,11 +303,12 @@ class WinogradConv3d(OneDNNConv3d):
         if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
                 or x.shape[2] * x.shape[3] * x.shape[4] < MIN_VOXELS):
             return super()._conv_forward(x, weight, bias)  # oneDNN on CPU fp32, PyTorch's choice elsewhere
-        steps = plan(x.shape[2:])
         if torch.is_grad_enabled():
+            steps = plan(x.shape[2:])
             return _WinogradConv3d.apply(x, weight, bias, steps)
         # inference: nothing to save for a backward pass, and the weight's transform is kept until
         # the weight changes (its version counter moves on every in-place update, load_state_dict too)
+        steps = plan(x.shape[2:], weight_cost=0.0)
         key = (weight.data_ptr(), weight._version, steps)
         if getattr(self, "_winograd_key", None) != key:
             self._winograd_u, self._winograd_key = _transform_weight(weight, steps), key
