@@ -271,12 +271,16 @@ def test_trains_on_isbi_png_slices(tmp_path, monkeypatch):
     assert read_checkpoint(str(run / "last.pt"))["extra"]["voxel_size_nm"] == [50, 4, 4]
 
 
-@pytest.mark.parametrize("option", ["onednn", "winograd"])
-def test_onednn_and_winograd_convolutions_train_to_the_same_weights(tmp_path, specs, monkeypatch, option):
-    from emtools.models import winograd
+@pytest.mark.parametrize("option", ["onednn", "winograd", "channels_last"])
+def test_execution_options_train_to_the_same_weights(tmp_path, specs, monkeypatch, option):
+    from emtools.models import to_channels_last, winograd
 
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)  # this tiny model's layers are all thin and small
     monkeypatch.setattr(winograd, "MIN_VOXELS", 1)
+    from emtools.train import loop
+
+    models = []
+    monkeypatch.setattr(loop, "to_channels_last", lambda model: models.append(model) or to_channels_last(model))
     weights = []
     for flag in ("false", "true"):
         run = tmp_path / f"run-{flag}"
@@ -291,3 +295,6 @@ def test_onednn_and_winograd_convolutions_train_to_the_same_weights(tmp_path, sp
     for name, value in weights[0].items():
         if value.is_floating_point():
             assert torch.allclose(value, weights[1][name], atol=1e-4), name
+    if option == "channels_last":  # the option took effect: the model trained with NDHWC weights
+        conv = models[-1].enc[1].conv2.weight
+        assert len(models) == 1 and conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()

@@ -125,6 +125,17 @@ def test_batch_size_channels_last_onednn_winograd_and_bf16_agree(monkeypatch):
     assert 0 < max(np.abs(out[h] - base[h]).mean() for h in base) < 0.02
 
 
+def test_a_2d_model_predicts_the_same_in_channels_last():
+    # unet2d has 4D weights: channels_last (NHWC), not the 3D format (which would fail on them)
+    spec, model = _model("unet2d")
+    image = np.random.default_rng(3).standard_normal((3, 32, 32)).astype(np.float32)
+    heads = default_heads(spec.heads)
+    kwargs = dict(patch_zyx=(1, 32, 32), overlap=("fraction", (0.0, 0.0, 0.0)))
+    base = predict_volume(model, image, heads, **kwargs)
+    out = predict_volume(model, image, heads, channels_last=True, **kwargs)
+    assert max(np.abs(out[h] - base[h]).max() for h in base) < 1e-5
+
+
 def test_fp16_needs_a_gpu():
     grid = make_grid((4, 8, 8), ((0, 0, 0), (0, 0, 0)), ("fraction", (0.0,) * 3))
     with pytest.raises(EmError, match="--precision fp16 needs a GPU"):

@@ -45,9 +45,22 @@ def test_parse_options():
     assert opt.parse_options("channels-last,compile", CPU, "train") == ["eager", "channels_last", "compile"]
     default = opt.parse_options("default", CPU, "infer")
     assert default[0] == "eager" and "jit_freeze" in default and "fp16" not in default
-    assert "bf16" in default or not opt.cpu_has_bf16_units()
+    assert ({"bf16", "channels_last+bf16"} <= set(default)) == opt.cpu_has_bf16_units()
+    assert opt.parse_options("channels-last-bf16", CPU, "train") == ["eager", "channels_last+bf16"]
     with pytest.raises(EmError, match="unknown execution option 'chanels_last'; did you mean 'channels_last'"):
         opt.parse_options("chanels_last", CPU, "train")
+
+
+@pytest.mark.skipif(not opt.cpu_has_bf16_units(), reason="this CPU has no bf16 units (emulated bf16 is ~80x slower)")
+def test_channels_last_bf16_trains_in_bf16_on_ndhwc_weights():
+    model, x = tiny()
+    runner, xin, autocast = opt._prepare("channels_last+bf16", model, x, "train")
+    conv = next(m for m in runner.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) and not conv.weight.is_contiguous()
+    with autocast():
+        assert runner(xin).dtype == torch.bfloat16
+    result = opt.time_option("channels_last+bf16", model, x, "train", repeats=1)
+    assert result.status == "ok" and result.seconds > 0
 
 
 def test_unavailable_options_are_reported_not_raised():

@@ -96,14 +96,16 @@ Examples:
 @click.option("--block", "block_zyx", type=INT_TRIPLE, default="64,1024,1024", show_default=True,
               help="Predict and write this many voxels z,y,x at a time (bounds memory).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="Autocast precision (bf16/fp16 on GPUs; bf16 on the CPU is very slow).")
-@click.option("--channels-last", is_flag=True, help="Channels-last 3D memory format (faster convolutions on some GPUs).")
+              help="Autocast precision (bf16/fp16 on GPUs; bf16 on CPUs with bf16 units such as AMX, "
+                   "emulated and very slow on others).")
+@click.option("--channels-last", is_flag=True,
+              help="Channels-last memory format (faster convolutions with oneDNN and bf16 on CPUs, and on GPUs).")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (falls back with a warning).")
 @click.option("--onednn", is_flag=True,
               help="Force oneDNN for the 3D convolutions on the CPU (PyTorch sends small batch-1 layers to a "
                    "slower path; em-profile model --options onednn measures it).")
 @click.option("--winograd", is_flag=True,
-              help="Compute the wide 3x3x3 convolutions (>= 128 channels) by Winograd's algorithm on the CPU and the "
+              help="Compute the wide 3x3x3 convolutions (>= 64 channels) by Winograd's algorithm on the CPU and the "
                    "rest on oneDNN (em-profile model --options winograd --mode infer measures it).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU.")
@@ -156,7 +158,11 @@ def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta
 
     dev = sharding.select_device(device, ranks.local_rank)
     if precision == "bf16" and dev.type == "cpu":
-        log.warning("--precision bf16 on the CPU is much slower than fp32 (about 80x on some CPUs)")
+        from emtools.profile.options import cpu_has_bf16_units
+
+        if not cpu_has_bf16_units():
+            log.warning("--precision bf16 on a CPU without bf16 units is emulated, much slower than fp32 "
+                        "(about 80x here)")
     predictor = engine.Predictor(
         model.module, model.heads, grid, selection=model.selection, blend=blend, tta=tta,
         tta_reduce=model.reduce, batch=batch, device=dev, precision=precision,

@@ -19,7 +19,8 @@ from emtools.models.spec import PRESETS, ModelSpec, resolve_spec, spec_from_dict
 if TYPE_CHECKING:  # torch is imported only when a model is built
     import torch
 
-__all__ = ["PRESETS", "ModelSpec", "resolve_spec", "spec_from_dict", "build_model", "split_heads"]
+__all__ = ["PRESETS", "ModelSpec", "resolve_spec", "spec_from_dict", "build_model", "split_heads",
+           "to_channels_last", "channels_last_input"]
 
 
 def build_model(spec: ModelSpec, seed: int | None = 0) -> "torch.nn.Module":
@@ -46,3 +47,24 @@ def split_heads(spec: ModelSpec, output: "torch.Tensor") -> dict[str, "torch.Ten
         out[name] = output[:, start : start + channels]
         start += channels
     return out
+
+
+def to_channels_last(model: "torch.nn.Module") -> "torch.memory_format":
+    """Put ``model``'s weights in the channels-last memory format of its convolutions, in place:
+    channels_last_3d (NDHWC) for 3D models, channels_last (NHWC) for ``unet2d``; returns the format
+    (pass it to :func:`channels_last_input`)."""
+    import torch
+    from torch import nn
+
+    three_d = any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in model.modules())
+    fmt = torch.channels_last_3d if three_d else torch.channels_last
+    model.to(memory_format=fmt)
+    return fmt
+
+
+def channels_last_input(x: "torch.Tensor", fmt: "torch.memory_format") -> "torch.Tensor":
+    """A model input (N, C, Z, Y, X) in ``fmt`` where that applies (3D models; a 2D model takes its
+    5D input as it is and works per section)."""
+    import torch
+
+    return x.contiguous(memory_format=fmt) if fmt == torch.channels_last_3d and x.dim() == 5 else x

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from emtools.errors import EmError
+from emtools.models import channels_last_input, to_channels_last
 from emtools.models import onednn as onednn_mod
 from emtools.models import winograd as winograd_mod
 from emtools.models.heads import HeadSpec
@@ -189,10 +190,8 @@ class Predictor:
         self.batch = int(batch)
         self.activate = activate
         self.weights = patch_weights(grid.kept_zyx, blend)
-        self.channels_last = channels_last
         model = model.eval().to(self.device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
+        self.memory_format = to_channels_last(model) if channels_last else None
         if winograd and self.device.type == "cpu":
             winograd_mod.use_winograd_and_onednn(model)
         elif onednn and self.device.type == "cpu":
@@ -218,8 +217,8 @@ class Predictor:
     # -- one batch of patches
     def patch_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Kept outputs (N, channels, *kept_zyx) float32 of a batch of input patches (N, C, *patch)."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if self.memory_format is not None:
+            x = channels_last_input(x, self.memory_format)
         reducers = {s.name: tta_mod.Reducer(self.reduce[s.name]) for s in self.selection}
         for index, variant in enumerate(self.variants):
             raw = tta_mod.invert(self.forward(tta_mod.apply(x, variant) if index else x).float(), variant)

@@ -15,12 +15,14 @@ onednn                  every stride-1 3D convolution forced onto oneDNN, forwar
                         (CPU fp32; PyTorch's heuristic sends small batch-1 3D convs to a slower
                         native path: see :mod:`emtools.models.onednn`)
 channels_last+onednn    both of the above
-winograd                the wide 3x3x3 convolutions (>= 128 channels) by Winograd's algorithm,
-                        F(2,3) in z and F(4,3) in y, x: 6x fewer multiplies in the products
+winograd                the wide 3x3x3 convolutions (>= 64 channels) by Winograd's algorithm,
+                        F(2,3) in z, F(4,3) (large planes) or F(2,3) in y, x: up to 6x fewer
+                        multiplies in the products
                         (:mod:`emtools.models.winograd`); the other stride-1 3D
                         convolutions on oneDNN as above (CPU fp32)
 channels_last+winograd  both of the above
 bf16                    ``torch.autocast`` to bfloat16 (CPU and GPU)
+channels_last+bf16      both of the above (on CPUs with AMX the fastest here by far)
 fp16                    ``torch.autocast`` to float16 (GPU only)
 cudnn_benchmark         ``torch.backends.cudnn.benchmark = True`` (GPU only)
 jit_freeze              traced and frozen TorchScript (inference only)
@@ -45,12 +47,12 @@ import torch
 from torch import nn
 
 from emtools.errors import EmError
-from emtools.models import onednn, winograd
+from emtools.models import channels_last_input, onednn, to_channels_last, winograd
 from emtools.profile.timing import loss_of, synchronize
 
 ALL_OPTIONS = ("eager", "channels_last", "compile", "compile+channels_last", "onednn", "channels_last+onednn",
                "winograd", "channels_last+winograd",
-               "bf16", "fp16", "cudnn_benchmark", "jit_freeze")
+               "bf16", "channels_last+bf16", "fp16", "cudnn_benchmark", "jit_freeze")
 SLOW_FACTOR = 10.0  # an option whose first iteration is this much slower than eager is cut short
 
 
@@ -81,9 +83,9 @@ def default_options(device: torch.device, mode: str) -> list[str]:
     if device.type == "cpu" and onednn.available():
         names += ["onednn", "channels_last+onednn", "winograd", "channels_last+winograd"]
     if device.type == "cuda":
-        names += ["bf16", "fp16", "cudnn_benchmark"]
+        names += ["bf16", "channels_last+bf16", "fp16", "cudnn_benchmark"]
     elif cpu_has_bf16_units():
-        names.append("bf16")
+        names += ["bf16", "channels_last+bf16"]
     if mode == "infer":
         names.append("jit_freeze")
     return names
@@ -99,7 +101,8 @@ def parse_options(text: str, device: torch.device, mode: str) -> list[str]:
     names = [n.strip().replace("-", "_") for n in text.split(",") if n.strip()]
     names = [n.replace("compile_channels_last", "compile+channels_last")
              .replace("channels_last_onednn", "channels_last+onednn")
-             .replace("channels_last_winograd", "channels_last+winograd") for n in names]
+             .replace("channels_last_winograd", "channels_last+winograd")
+             .replace("channels_last_bf16", "channels_last+bf16") for n in names]
     for name in names:
         if name not in ALL_OPTIONS:
             import difflib
@@ -115,7 +118,7 @@ def unavailable_reason(name: str, device: torch.device, mode: str) -> str | None
     gpu = device.type == "cuda"
     if name in ("fp16", "cudnn_benchmark") and not gpu:
         return "needs a CUDA GPU"
-    if name == "bf16" and gpu and not torch.cuda.is_bf16_supported():
+    if name.endswith("bf16") and gpu and not torch.cuda.is_bf16_supported():
         return "this GPU has no bf16 support"
     if "winograd" in name and gpu:
         return "CPU only (on a GPU, cuDNN picks its own Winograd kernels: try cudnn_benchmark)"
@@ -133,25 +136,17 @@ def unavailable_reason(name: str, device: torch.device, mode: str) -> str | None
     return None
 
 
-def _memory_format(model: nn.Module) -> torch.memory_format:
-    has_3d = any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)) for m in model.modules())
-    return torch.channels_last_3d if has_3d else torch.channels_last
-
-
 def _prepare(name: str, model: nn.Module, x: torch.Tensor, mode: str):
     """(callable model, input, autocast context factory) for option ``name``."""
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     if "channels_last" in name:
-        fmt = _memory_format(model)
-        model = model.to(memory_format=fmt)
-        if fmt == torch.channels_last_3d and x.dim() == 5:
-            x = x.contiguous(memory_format=fmt)
+        x = channels_last_input(x, to_channels_last(model))
     if "winograd" in name:
         winograd.use_winograd_and_onednn(model)
     elif "onednn" in name:
         onednn.use_onednn(model)
-    if name in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if name == "bf16" else torch.float16
+    if name.endswith(("bf16", "fp16")):
+        dtype = torch.bfloat16 if name.endswith("bf16") else torch.float16
         autocast = lambda: torch.autocast(device_type=x.device.type, dtype=dtype)  # noqa: E731
     if name.startswith("compile"):
         model = torch.compile(model)
@@ -229,7 +224,7 @@ def compare_options(model: nn.Module, x: torch.Tensor, names: list[str], mode: s
     reference = None
     for name in names:
         log(f"timing option {name} ({mode})")
-        if name == "bf16" and x.device.type == "cpu" and not cpu_has_bf16_units():
+        if name.endswith("bf16") and x.device.type == "cpu" and not cpu_has_bf16_units():
             log("bf16 on a CPU without bf16 units is emulated (about 80x slower); cut short after one iteration")
         result = time_option(name, model, x, mode, repeats, warmup, reference)
         if name == "eager" and result.seconds:

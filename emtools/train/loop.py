@@ -28,7 +28,7 @@ import torch
 
 from emtools import interrupt
 from emtools.errors import EmError
-from emtools.models import build_model, onednn, split_heads, winograd
+from emtools.models import build_model, channels_last_input, onednn, split_heads, to_channels_last, winograd
 from emtools.models.geometry import check_input_size
 from emtools.models.heads import head_spec, heads_to_dict
 from emtools.models.spec import spec_from_dict
@@ -203,6 +203,7 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
     if norm is None:
         norm = fit_image_normalization(prepared.volumes, seed)
     model.to(device)
+    memory_format = to_channels_last(model) if tcfg["channels_last"] else None
     if device.type == "cpu" and tcfg["winograd"]:
         winograd.use_winograd_and_onednn(model)
     elif device.type == "cpu" and tcfg["onednn"]:
@@ -290,6 +291,8 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
         interrupt.check()
         lr = schedule.apply(optimizer, step)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if memory_format is not None:
+            batch["image"] = channels_last_input(batch["image"], memory_format)
         with autocast(device, tcfg["precision"]):
             output = net(batch["image"])
         loss, parts = total_loss(heads, split_heads(spec, output), batch)

@@ -119,10 +119,13 @@ SCHEMA: dict[str, Any] = {
         "deterministic": _f("choice", "auto", "torch.use_deterministic_algorithms (auto: on for CPU)",
                             choices=("auto", "true", "false")),
         "threads": _f("int", None, "torch CPU threads per rank", optional=True, minimum=1),
+        "channels_last": _f("bool", False, "weights and input batches in the channels-last memory format "
+                            "(NDHWC): faster convolutions on CPUs (oneDNN, bf16) and GPUs; same results to "
+                            "float tolerance (em-profile's channels_last options measure it)"),
         "onednn": _f("bool", False, "keep the 3D convolutions on oneDNN on CPU, forward and backward (PyTorch "
                      "sends small batch-1 layers to a slower path; em-profile's onednn option measures "
                      "the gain; results equal to float tolerance)"),
-        "winograd": _f("bool", False, "compute the wide 3x3x3 convolutions (>= 128 channels) by Winograd's algorithm "
+        "winograd": _f("bool", False, "compute the wide 3x3x3 convolutions (>= 64 channels) by Winograd's algorithm "
                        "on CPU, forward and backward, the rest on oneDNN: 6x fewer multiplies on the "
                        "coarse levels of rsunet-efficient (em-profile's winograd option measures it)"),
         "init_from": _f("str", None, "start from these weights (a checkpoint of the same model spec)",
