@@ -40,6 +40,7 @@ import torch
 from emtools.models import build_model, onednn, resolve_spec, winograd
 from emtools.profile import flops as flopmod
 from emtools.profile.options import (
+    option_dtype,
     compare_options,
     cpu_has_bf16_units,
     default_options,
@@ -69,11 +70,6 @@ VARIANTS = {
     # speed counts as much as the preset's.
     SSTEM: ("rsunet-efficient", ["pools=1x2x2,2x2x2,1x2x2,1x2x2", "widths=32,64,192,192,192"]),
 }
-
-
-def is_low_precision(option: str) -> bool:
-    """Whether an execution option (or a head-to-head step named after one) computes in bf16/fp16."""
-    return option.endswith(("bf16", "fp16"))
 
 
 def say(text: str) -> None:
@@ -197,7 +193,7 @@ def main() -> int:
     steps.update({f"efficient {name}": make_step(name, models["strided+balanced"], x, "train") for name in contenders})
     # the ssTEM geometry under the preset's fastest option and its fastest fp32 one (the two differ
     # on CPUs with bf16 units: both figures matter, since not every CPU has them)
-    fp32 = [name for name in contenders if not is_low_precision(name)]
+    fp32 = [name for name in contenders if option_dtype(name) is None]
     sstem_options = list(dict.fromkeys(contenders[:1] + fp32[:1]))
     sstem_steps = [f"efficient ssTEM {name}" for name in sstem_options]
     for name, step_name in zip(sstem_options, sstem_steps):
@@ -301,7 +297,7 @@ def main() -> int:
                          ("ssTEM geometry", sstem_steps)):
         # the fastest option overall, and the fastest in fp32 where that is another one
         ranked = sorted(names, key=lambda n: min(final[n]))
-        shown = list(dict.fromkeys(ranked[:1] + [n for n in ranked if not is_low_precision(n)][:1]))
+        shown = list(dict.fromkeys(ranked[:1] + [n for n in ranked if option_dtype(n) is None][:1]))
         for name in shown:
             speed, median = base_h2h / min(final[name]), base_median / statistics.median(final[name])
             emit(f"goal ({label}{', fp32' if name != ranked[0] else ''}): {name} vs eager fp32 baseline, head to "

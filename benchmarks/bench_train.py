@@ -396,8 +396,8 @@ MODELS = {
 # it beats the baseline's ARAND on every seed and its accuracy on two of three. On ISBI (d), seeds
 # 0, 1: 90.26 / 0.164 and 89.64 / 0.124 against rsunet's 90.31 / 0.191 and 89.22 / 0.128 (means
 # 89.95 / 0.144 against 89.77 / 0.159), at 0.386 s/step against 0.871 (seed 1, one run). It
-# costs 306 GFLOP per 18x160x160 iteration (rsunet 378) and is 4.1x faster than eager rsunet
-# there (bench_models.py, head to head; the preset geometry 5.0x). A full-resolution stage after
+# costs 306 GFLOP per 18x160x160 iteration (rsunet 378) and was 4.1x faster than eager rsunet
+# there on an AMX-less CPU in fp32 (bench_models.py, head to head; the preset geometry 5.0x). A full-resolution stage after
 # the transposed conv instead of the wider level 0 (transposed conv to 16 channels + a 1x3x3 conv
 # of the raw input, norm, act, 1x3x3 conv to the heads; w24, 1e-3; not kept) scored lower:
 # 90.80 / 0.068 and 90.51 / 0.070 on seeds 0, 1.

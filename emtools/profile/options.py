@@ -77,6 +77,14 @@ def cpu_has_bf16_units() -> bool:
         return False
 
 
+def option_dtype(name: str) -> torch.dtype | None:
+    """The dtype option ``name`` autocasts to (bf16 and fp16 options, alone or with channels_last;
+    also a label that ends in one), None for the fp32 options."""
+    if name.endswith("bf16"):
+        return torch.bfloat16
+    return torch.float16 if name.endswith("fp16") else None
+
+
 def default_options(device: torch.device, mode: str) -> list[str]:
     """The options worth measuring on ``device``: all that can run and are not known to be slow."""
     names = ["eager", "channels_last", "compile", "compile+channels_last"]
@@ -118,7 +126,7 @@ def unavailable_reason(name: str, device: torch.device, mode: str) -> str | None
     gpu = device.type == "cuda"
     if name in ("fp16", "cudnn_benchmark") and not gpu:
         return "needs a CUDA GPU"
-    if name.endswith("bf16") and gpu and not torch.cuda.is_bf16_supported():
+    if option_dtype(name) == torch.bfloat16 and gpu and not torch.cuda.is_bf16_supported():
         return "this GPU has no bf16 support"
     if "winograd" in name and gpu:
         return "CPU only (on a GPU, cuDNN picks its own Winograd kernels: try cudnn_benchmark)"
@@ -145,8 +153,8 @@ def _prepare(name: str, model: nn.Module, x: torch.Tensor, mode: str):
         winograd.use_winograd_and_onednn(model)
     elif "onednn" in name:
         onednn.use_onednn(model)
-    if name.endswith(("bf16", "fp16")):
-        dtype = torch.bfloat16 if name.endswith("bf16") else torch.float16
+    dtype = option_dtype(name)
+    if dtype is not None:
         autocast = lambda: torch.autocast(device_type=x.device.type, dtype=dtype)  # noqa: E731
     if name.startswith("compile"):
         model = torch.compile(model)
@@ -224,7 +232,7 @@ def compare_options(model: nn.Module, x: torch.Tensor, names: list[str], mode: s
     reference = None
     for name in names:
         log(f"timing option {name} ({mode})")
-        if name.endswith("bf16") and x.device.type == "cpu" and not cpu_has_bf16_units():
+        if option_dtype(name) == torch.bfloat16 and x.device.type == "cpu" and not cpu_has_bf16_units():
             log("bf16 on a CPU without bf16 units is emulated (about 80x slower); cut short after one iteration")
         result = time_option(name, model, x, mode, repeats, warmup, reference)
         if name == "eager" and result.seconds:
