@@ -48,7 +48,7 @@ from emtools.models.geometry import receptive_field
 from emtools.models.heads import default_heads, heads_to_dict
 from emtools.normalize import normalize_image
 from emtools.predict.windows import make_grid, parse_overlap, read_padded, resolve_crop
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 NORM = {"scale": 1 / 255, "mean": 0.5, "std": 0.25}
 VOXEL = [30.0, 6.0, 6.0]

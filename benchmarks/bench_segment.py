@@ -17,7 +17,7 @@ its own fragments (default thresholds 0.0001/0.9999) and, separately, our fragme
 input is loaded before the clock starts; peak RSS of the process; VOI computed after each
 threshold and its time subtracted. VOI (split + merge, bits) and adapted Rand error against the
 ground truth, ground-truth label 0 ignored. Seeded watershed: the same boundary map and seeds
-through ``emtools.watershed.seeded_watershed``, ``bioimage_cpp.segmentation.watershed`` and
+through ``emtools.segment.watershed.seeded_watershed``, ``bioimage_cpp.segmentation.watershed`` and
 scikit-image's ``watershed`` in this process (best of 3; scikit-image once).
 
     python benchmarks/bench_segment.py [--out DIR] [--quick] [--skip-peers]
@@ -69,7 +69,7 @@ import json, os, resource, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import waterz
-from emtools.evaluate_neuron import neuron_metrics
+from emtools.evaluate.neuron import neuron_metrics
 affs = np.ascontiguousarray(np.load(sys.argv[2]), dtype=np.float32)
 gt = np.load(sys.argv[3])
 score, thresholds, fragments_path, result_path = sys.argv[4], json.loads(sys.argv[5]), sys.argv[6], sys.argv[7]
@@ -102,7 +102,7 @@ def run_child(cmd: list[str], kernels: str = "auto") -> tuple[float, float, str,
 
 
 def metrics(seg: np.ndarray, gt: np.ndarray) -> dict:
-    from emtools.evaluate_neuron import neuron_metrics
+    from emtools.evaluate.neuron import neuron_metrics
 
     m = neuron_metrics(seg, gt)
     return {"voi": m["voi"], "voi_split": m["voi_split"], "voi_merge": m["voi_merge"],
@@ -190,8 +190,8 @@ OURS_INPROCESS_CHILD = """
 import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[1])
-from emtools import agglomerate as A, region_graph as R, watershed as W
-from emtools.evaluate_neuron import neuron_metrics
+from emtools.segment import agglomerate as A, region_graph as R, watershed as W
+from emtools.evaluate.neuron import neuron_metrics
 values = np.load(sys.argv[2])
 gt = np.load(sys.argv[3])
 name, q = A.parse_score(sys.argv[4])
@@ -246,7 +246,7 @@ def run_waterz(data: dict, work: str, score: str, fragments: str | None) -> dict
 
 def bench_seeded(data: dict, skip_peers: bool) -> dict:
     """Seeded watershed alone: same boundary map and seeds, ours vs bioimage-cpp vs scikit-image."""
-    from emtools import watershed as W
+    from emtools.segment import watershed as W
 
     affs = np.load(data["affs_npy"])
     boundary = W.boundary_from_affinities(affs)

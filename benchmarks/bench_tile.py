@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from emtools import io  # noqa: E402
 from emtools.meta import Metadata  # noqa: E402
-from emtools.tiling import Box  # noqa: E402
+from emtools.tiling.geometry import Box  # noqa: E402
 
 CHUNK = (32, 256, 256)
 HALO = (4, 16, 16)

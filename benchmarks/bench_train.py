@@ -11,7 +11,7 @@ rsunet vs rsunet-efficient on one schedule.
     threads) vs 2 ranks under torchrun (gloo, 1 thread each) on a synthetic volume.
 (b) isbi: examples/train_isbi.yaml on slices 0-24 of ISBI 2012 within the time budget; the
     boundaries predicted for slices 25-29 (never seen in training) are segmented per section by
-    emtools.watershed and scored (adapted Rand error, VOI) against the ground truth (connected
+    emtools.segment.watershed and scored (adapted Rand error, VOI) against the ground truth (connected
     components of each section's interior), beside the same watershed of the raw intensity
     (inverted, normalised; and Gaussian-smoothed, a stronger baseline).
 (c) gala: examples/train_gala.yaml (3D affinities) on z 0-33 of the gala FIB-SEM crop; z 34-49
@@ -129,9 +129,9 @@ def sweep(boundary: np.ndarray, gt: np.ndarray, voxel_size_nm, mode: str, agglom
     watershed's fragments (mean score, THRESHOLDS in one pass: em-agglomerate segment) and
     reports the best of those as "agglomerated".
     """
-    from emtools.agglomerate import agglomerate
-    from emtools.evaluate_neuron import neuron_metrics
-    from emtools.watershed import fragments
+    from emtools.segment.agglomerate import agglomerate
+    from emtools.evaluate.neuron import neuron_metrics
+    from emtools.segment.watershed import fragments
 
     boundary = np.ascontiguousarray(boundary, dtype=np.float32)
     results, merged = [], []

@@ -16,10 +16,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from emtools import __version__
 from emtools.errors import EmError
+
+if TYPE_CHECKING:  # a type only: meta stays free of the tiling import at run time
+    from emtools.tiling.geometry import Box
 
 AXES_CHOICES = ("zyx", "czyx")
 # More input specs than this in one record are summarised by a digest (HDF5 attributes must stay small).
@@ -124,3 +127,18 @@ def require_same_grid(metas: Sequence[tuple[str, Metadata]]) -> None:
 
 def _fmt(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
+
+
+def require_same_region(first: tuple[str, Metadata, Box], second: tuple[str, Metadata, Box]) -> None:
+    """One-line errors when two inputs differ in voxel size, shape or position."""
+    require_same_grid([(first[0], first[1]), (second[0], second[1])])
+    if first[2].shape != second[2].shape:
+        raise EmError(
+            f"shape {_shape_text(second[2].shape)} of {second[0]} does not match {_shape_text(first[2].shape)} of {first[0]}"
+        )
+    if first[2] != second[2]:
+        raise EmError(f"{second[0]} covers {second[2].text()} but {first[0]} covers {first[2].text()} (voxels)")
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(int(n)) for n in shape)

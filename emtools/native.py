@@ -41,17 +41,9 @@ log = logging.getLogger("emtools")
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODULE_NAME = "_kernels"
 STAMP_FILE = PACKAGE_DIR / f"{MODULE_NAME}.json"
-# The modules whose kernels go into the extension (their sources make up the stamp).
-KERNEL_MODULES = (
-    "emtools.hashtable",
-    "emtools.filters",
-    "emtools.flood",
-    "emtools.watershed",
-    "emtools.region_graph",
-    "emtools.agglomerate",
-    "emtools.stitch",
-    "emtools.evaluate_table",
-)
+# A module takes part when its source marks a function ``@kernel(`` or ``@helper``: found by
+# reading the package's sources (no import), so adding a kernel module needs no list to edit.
+_MARK = re.compile(r"^@(?:kernel\(|helper\b)", re.MULTILINE)
 MODES = ("auto", "aot", "jit")
 
 _KERNELS: list[Kernel] = []
@@ -242,11 +234,27 @@ def enable_jit() -> None:
 
 # ----------------------------------------------------------------------------- the module
 
+def _kernel_sources() -> list[tuple[str, Path]]:
+    """(dotted module name, source path) of each emtools module marking kernels or helpers."""
+    found = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if path == Path(__file__).resolve():
+            continue
+        if _MARK.search(path.read_text(encoding="utf-8")):
+            parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+            found.append((".".join(parts[:-1] if parts[-1] == "__init__" else parts), path))
+    return sorted(found)
+
+
+def kernel_modules() -> tuple[str, ...]:
+    """Dotted names of the emtools modules that define kernels or helpers, sorted."""
+    return tuple(name for name, _ in _kernel_sources())
+
+
 def source_stamp() -> str:
     """Hash of what the compiled module depends on: kernel sources, numpy and Python versions."""
     digest = hashlib.sha256()
-    for name in KERNEL_MODULES:
-        path = PACKAGE_DIR / (name.split(".", 1)[1].replace(".", "/") + ".py")
+    for name, path in _kernel_sources():
         digest.update(name.encode())
         digest.update(path.read_bytes())
     digest.update(Path(__file__).read_bytes())
@@ -298,7 +306,7 @@ def status() -> dict:
 def _import_kernel_modules() -> list[Kernel]:
     import importlib
 
-    for name in KERNEL_MODULES:
+    for name in kernel_modules():
         importlib.import_module(name)
     return list(_KERNELS)
 
@@ -359,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--verbose", action="store_true")
     sub.add_parser("status", help="print which kernels this installation uses (JSON)")
     args = parser.parse_args(argv)
-    from emtools.cli.common import setup_logging
+    from emtools.logs import setup_logging
 
     setup_logging("emtools.native", 0)
     if args.command == "build":

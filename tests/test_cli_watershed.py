@@ -171,8 +171,8 @@ def test_missing_input_and_help():
 
 
 def test_cli_modules_do_not_import_torch():
-    code = ("import sys, emtools.cli.watershed, emtools.cli.agglomerate, emtools.watershed, "
-            "emtools.agglomerate, emtools.stitch; print('torch' in sys.modules)")
+    code = ("import sys, emtools.cli.watershed, emtools.cli.agglomerate, emtools.segment.watershed, "
+            "emtools.segment.agglomerate, emtools.segment.stitch; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

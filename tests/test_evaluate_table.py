@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from emtools.errors import EmError
-from emtools.evaluate_table import (
+from emtools.evaluate.table import (
     ContingencyAccumulator,
     check_labels,
     contingency_table,

@@ -11,7 +11,7 @@ from PIL import Image
 from emtools import io
 from emtools.errors import EmError
 from emtools.meta import Metadata
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 META = Metadata(
     offset_nm=(100.0, 8.0, -4.0),

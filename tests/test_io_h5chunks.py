@@ -13,7 +13,7 @@ from emtools import io
 from emtools.errors import EmError
 from emtools.io import h5chunks
 from emtools.meta import Metadata
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 
 def _meta() -> Metadata:

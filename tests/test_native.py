@@ -61,9 +61,9 @@ def test_scalar_specs_follow_numbas_typing_of_python_values():
 def test_every_kernel_module_declares_its_kernels_and_each_signature_parses():
     kernels = native._import_kernel_modules()
     names = {f"{k.__module__}.{k.__name__}" for k in kernels}
-    assert {"emtools.flood._flood_fast", "emtools.region_graph._contacts", "emtools.agglomerate._merge",
-            "emtools.evaluate_table._count_pairs", "emtools.filters._box_maximum"} <= names
-    assert {k.__module__ for k in kernels} == set(native.KERNEL_MODULES) - {"emtools.hashtable"}
+    assert {"emtools.segment.flood._flood_fast", "emtools.segment.region_graph._contacts", "emtools.segment.agglomerate._merge",
+            "emtools.evaluate.table._count_pairs", "emtools.segment.filters._box_maximum"} <= names
+    assert {k.__module__ for k in kernels} == set(native.kernel_modules()) - {"emtools.segment.structures"}
     exports = [name for k in kernels for name in k.export_names]
     assert len(exports) == len(set(exports))
 
@@ -89,14 +89,16 @@ def test_out_of_date_or_missing_builds_fall_back_to_jit(monkeypatch, tmp_path):
 
 
 def test_the_stamp_changes_with_any_kernel_source(monkeypatch, tmp_path):
-    for name in native.KERNEL_MODULES:
-        rel = name.split(".", 1)[1] + ".py"
+    for name in native.kernel_modules():
+        rel = name.split(".", 1)[1].replace(".", "/") + ".py"
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes((native.PACKAGE_DIR / rel).read_bytes())
     (tmp_path / "native.py").write_bytes((native.PACKAGE_DIR / "native.py").read_bytes())
     monkeypatch.setattr(native, "PACKAGE_DIR", tmp_path)
     before = native.source_stamp()
     assert before == native.source_stamp()
-    with open(tmp_path / "flood.py", "a") as handle:
+    assert native.kernel_modules() == tuple(sorted(native.kernel_modules()))
+    with open(tmp_path / "segment" / "flood.py", "a") as handle:
         handle.write("\n# an edit\n")
     assert native.source_stamp() != before
 
@@ -115,12 +117,12 @@ def test_the_built_module_has_every_signature_and_a_matching_stamp():
 
 @needs_build
 def test_strict_mode_names_the_call_it_cannot_serve(monkeypatch):
-    from emtools.flood import _min_max
+    from emtools.segment.flood import _min_max
 
     monkeypatch.setenv("EMTOOLS_KERNELS", "aot")
     lo, hi = _min_max(np.array([0.25, 0.5], np.float32))  # a compiled signature: fine
     assert (lo, hi) == (0.25, 0.5)
-    with pytest.raises(EmError, match=r"no compiled signature of emtools.flood._min_max takes \(int16\[1d C\]\)"):
+    with pytest.raises(EmError, match=r"no compiled signature of emtools.segment.flood._min_max takes \(int16\[1d C\]\)"):
         _min_max(np.array([1, 2], np.int16))
 
 
@@ -129,9 +131,9 @@ def test_strict_mode_names_the_call_it_cannot_serve(monkeypatch):
 PIPELINE = r"""
 import json, sys
 import numpy as np
-from emtools import agglomerate as A, region_graph as R, watershed as W
+from emtools.segment import agglomerate as A, region_graph as R, watershed as W
 from emtools.affinities import noisy_affinities
-from emtools.evaluate_neuron import neuron_metrics
+from emtools.evaluate.neuron import neuron_metrics
 from emtools.synth import make_synthetic_volume
 
 volume = make_synthetic_volume((8, 96, 96), seed=3, voxel_size_nm=(40, 8, 8), mean_cell_diameter_nm=300)

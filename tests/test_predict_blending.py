@@ -9,7 +9,7 @@ from emtools.models.heads import head_spec
 from emtools.predict.blending import BLENDS, bump, patch_weights, profile
 from emtools.predict.engine import Predictor
 from emtools.predict.windows import make_grid
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 torch.set_num_threads(1)
 

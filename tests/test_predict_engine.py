@@ -13,7 +13,7 @@ from emtools.models.geometry import receptive_field
 from emtools.models.heads import default_heads, head_spec
 from emtools.predict.engine import Predictor, activate, parse_channel_ranges, predict_volume, select_heads
 from emtools.predict.windows import exact_halo, make_grid, read_padded
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 torch.set_num_threads(1)
 HEADS = default_heads([("affinity", 3), ("foreground", 1), ("semantic", 3)])

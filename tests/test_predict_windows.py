@@ -17,7 +17,7 @@ from emtools.predict.windows import (
     resolve_crop,
     stride_for,
 )
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -198,8 +198,8 @@ def test_touching_instances_are_separated_by_the_distance():
 
 def test_bcd_targets_decode_back_to_the_instances():
     """em-watershed's BCD decoding of perfect foreground/contour/distance maps finds the instances."""
-    from emtools.evaluate_neuron import neuron_metrics
-    from emtools.watershed import instance_segmentation
+    from emtools.evaluate.neuron import neuron_metrics
+    from emtools.segment.watershed import instance_segmentation
 
     labels = blob_labels((3, 40, 40))
     labels[:, 25:35, 25:38] = 5

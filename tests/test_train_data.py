@@ -10,7 +10,7 @@ from scipy import ndimage
 from emtools import io
 from emtools.errors import EmError
 from emtools.meta import Metadata
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 from emtools.train import data
 
 

@@ -8,7 +8,7 @@ import torch
 
 from emtools.affinities import affinities_from_labels
 from emtools.errors import EmError
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 from emtools.train.data import Volume
 from emtools.train.sampling import (
     HeadTarget,

@@ -29,12 +29,11 @@ from emtools.cli.segment_common import (
     read_labels,
     read_map,
     read_table,
-    require_same_region,
     write_table,
 )
 from emtools.errors import EmError
-from emtools.meta import Metadata, provenance_record
-from emtools.tiling import Box, first_overlap
+from emtools.meta import Metadata, provenance_record, require_same_region
+from emtools.tiling.geometry import Box, first_overlap
 
 TOOL = "em-agglomerate"
 HISTORY_COLUMNS = ["a", "b", "cost"]
@@ -91,7 +90,7 @@ def _compression_option(func):
 
 
 def _thresholds(text: str) -> list[float]:
-    from emtools.agglomerate import check_thresholds
+    from emtools.segment.agglomerate import check_thresholds
 
     return check_thresholds(parse_thresholds(text))
 
@@ -124,7 +123,7 @@ def _write_history(path: str, history, fragments_spec: str) -> None:
 
 
 def _read_history(path: str):
-    from emtools.agglomerate import MergeHistory
+    from emtools.segment.agglomerate import MergeHistory
 
     info, columns = read_table(path, HISTORY_COLUMNS)
     if "until" not in info or "score" not in info:
@@ -157,7 +156,7 @@ def segment(fragments_spec, map_spec, thresholds_text, output, history_path, sco
       em-agglomerate segment frags.h5 affs.h5:/affs -t 0.1,0.2,0.3,0.4,0.5 -o 'seg_{threshold}.h5:/seg'
       em-agglomerate segment frags.h5 probs.h5:/boundary --score quantile:50 -t 0.5 -o seg.h5 --history merges.tsv
     """
-    from emtools import agglomerate, region_graph
+    from emtools.segment import agglomerate, region_graph
 
     started = time.perf_counter()
     name, q = agglomerate.parse_score(score)
@@ -217,7 +216,7 @@ def replay(fragments_spec, history_path, thresholds_text, output, voxel_size_nm,
     Example:
       em-agglomerate replay frags.h5 --history merges.tsv -t 0.35,0.45 -o 'seg_{threshold}.h5'
     """
-    from emtools import agglomerate, region_graph
+    from emtools.segment import agglomerate, region_graph
 
     thresholds = _thresholds(thresholds_text)
     outputs = _outputs(output, thresholds, compression)
@@ -251,7 +250,7 @@ def offsets(fragment_chunks, output):
     Example:
       em-agglomerate offsets frags/*.h5 -o offsets.tsv
     """
-    from emtools.stitch import fragment_offsets
+    from emtools.segment.stitch import fragment_offsets
 
     specs = expand_stdin_specs(fragment_chunks)
     io.check_output_path(output)
@@ -330,7 +329,7 @@ def edges(chunk_spec, offsets_path, output, until, score, bins, invert, voxel_si
     Example:
       em-agglomerate edges chunks/chunk_0-72_0-288_0-288.h5 --offsets offsets.tsv -o edges/chunk_0-72_0-288_0-288.tsv
     """
-    from emtools import agglomerate, region_graph
+    from emtools.segment import agglomerate, region_graph
 
     name, q = agglomerate.parse_score(score)
     if not 0.0 <= until <= 1.0:
@@ -385,7 +384,7 @@ def stitch(edge_tables, offsets_path, thresholds_text, output):
     Example:
       em-agglomerate stitch edges/*.tsv --offsets offsets.tsv -t 0.3,0.5 -o lut.tsv
     """
-    from emtools import stitch as stitching
+    from emtools.segment import stitch as stitching
 
     thresholds = _thresholds(thresholds_text)
     io.check_output_path(output)
@@ -434,7 +433,7 @@ def relabel(fragments_spec, offsets_path, lut_path, threshold, output, compressi
     Example:
       em-agglomerate relabel frags/C.h5 --offsets offsets.tsv --lut lut.tsv -t 0.5 -o seg/C.h5
     """
-    from emtools.stitch import apply_table
+    from emtools.segment.stitch import apply_table
 
     io.parse_compression(compression)
     io.check_output_path(io.output_file(output))

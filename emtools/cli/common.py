@@ -21,19 +21,10 @@ import click
 
 from emtools import __version__, interrupt
 from emtools.errors import EmError
+from emtools.logs import setup_logging  # noqa: F401 (the tools import it from here)
 
 T = TypeVar("T")
 log = logging.getLogger("emtools")
-
-
-def setup_logging(tool: str, verbosity: int) -> None:
-    """The tool's log on stderr, each line prefixed ``tool:`` (-1: warnings only, 0: info, 1: debug)."""
-    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{tool}: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
 
 
 def _one_line(text: str) -> str:

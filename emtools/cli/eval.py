@@ -21,7 +21,7 @@ from emtools.cli.common import (
 )
 from emtools.errors import EmError
 from emtools.meta import require_same_grid
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 TOOL = "em-eval"
 MODES = ("neuron", "instance", "semantic", "synapse")

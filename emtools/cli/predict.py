@@ -26,7 +26,7 @@ from emtools.errors import EmError
 from emtools.meta import Metadata, provenance_record
 from emtools.predict import BLENDS, OUTPUT_DTYPES, PRECISIONS, windows
 from emtools.predict.outputs import encode, output_axes, output_metadata, output_shape, output_specs
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 TOOL = "em-predict"
 

@@ -15,9 +15,9 @@ import numpy as np
 
 from emtools import io
 from emtools.errors import EmError
-from emtools.flood import as_unit_float
-from emtools.meta import Metadata, require_same_grid
-from emtools.tiling import Box
+from emtools.segment.flood import as_unit_float
+from emtools.meta import Metadata
+from emtools.tiling.geometry import Box
 
 # Chunk attributes that em-tile split writes and em-tile merge reads.
 CHUNK_ATTRS = ("read_begin_vx", "read_end_vx", "responsible_begin_vx", "responsible_end_vx",
@@ -119,17 +119,6 @@ def read_labels(spec: str, voxel_size_nm=None) -> tuple[np.ndarray, Metadata, Bo
         if labels.size and labels.min() < 0:
             raise EmError(f"labels must not be negative ({spec})")
     return labels, meta, box
-
-
-def require_same_region(first: tuple[str, Metadata, Box], second: tuple[str, Metadata, Box]) -> None:
-    """One-line errors when two inputs differ in voxel size, shape or position."""
-    require_same_grid([(first[0], first[1]), (second[0], second[1])])
-    if first[2].shape != second[2].shape:
-        raise EmError(
-            f"shape {_shape(second[2].shape)} of {second[0]} does not match {_shape(first[2].shape)} of {first[0]}"
-        )
-    if first[2] != second[2]:
-        raise EmError(f"{second[0]} covers {second[2].text()} but {first[0]} covers {first[2].text()} (voxels)")
 
 
 def chunk_regions(meta: Metadata, box: Box) -> tuple[Box, Box]:

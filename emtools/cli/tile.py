@@ -21,8 +21,8 @@ from emtools.cli.common import (
 )
 from emtools.errors import EmError
 from emtools.meta import provenance_record
-from emtools.tile import chunk_path, convert_volume, inspect_chunks, merge_chunks, split_volume
-from emtools.tiling import plan_chunks
+from emtools.tiling.chunk_files import chunk_path, convert_volume, inspect_chunks, merge_chunks, split_volume
+from emtools.tiling.geometry import plan_chunks
 
 TOOL = "em-tile"
 SPECS_HELP = (

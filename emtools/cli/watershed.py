@@ -21,10 +21,9 @@ from emtools.cli.segment_common import (
     chunk_regions,
     cropped_metadata,
     read_map,
-    require_same_region,
 )
 from emtools.errors import EmError
-from emtools.meta import provenance_record
+from emtools.meta import provenance_record, require_same_region
 
 TOOL = "em-watershed"
 
@@ -32,7 +31,7 @@ HELP = """Make supervoxels (fragments) from INPUT: nearest-neighbour affinities 
 or a boundary map (z, y, x); write them as uint64 labels 1..n to OUTPUT.
 
 \b
-How (see emtools.watershed):
+How (see emtools.segment.watershed):
   1. affinities -> boundary map: 1 - the mean (--affinity-reduce mean) or the smallest
      (min) affinity of each voxel's 6 edges. Affinity channel c links a voxel to its
      neighbour one step back along axis c (z, y, x), as waterz and gunpowder store them.
@@ -95,7 +94,7 @@ Examples:
 def main(input_spec, output, seed_method, mode, threshold, radius, min_distance, sigma, min_seed_size, min_size, small,
          affinity_reduce, invert, instance, contour_spec, distance_spec, seed_foreground, seed_contour, seed_distance,
          mask_foreground, mask_distance, voxel_size_nm, compression, skip_existing):
-    from emtools import watershed
+    from emtools.segment import watershed
 
     io.parse_compression(compression)
     io.check_output_path(io.output_file(output))

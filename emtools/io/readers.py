@@ -25,7 +25,7 @@ from emtools.io.specs import (
     split_h5_spec,
 )
 from emtools.meta import Metadata
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 log = logging.getLogger("emtools")
 

@@ -31,7 +31,7 @@ from emtools.predict import PRECISIONS
 from emtools.predict import tta as tta_mod
 from emtools.predict.blending import patch_weights
 from emtools.predict.windows import PatchGrid, make_grid, read_padded
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 log = logging.getLogger("emtools")
 

@@ -23,7 +23,7 @@ from emtools.errors import EmError
 from emtools.io.specs import H5_SUFFIXES, SLICE_SUFFIXES, is_glob, output_file, split_h5_spec
 from emtools.meta import Metadata
 from emtools.predict import OUTPUT_DTYPES
-from emtools.tile import CHUNK_ATTRS
+from emtools.tiling.chunk_files import CHUNK_ATTRS
 
 if TYPE_CHECKING:  # the engine imports torch
     from emtools.predict.engine import Selection

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 
 Triple = tuple[int, int, int]
 AXES = "zyx"

@@ -27,7 +27,7 @@ from emtools import io
 from emtools.errors import EmError
 from emtools.meta import Metadata, require_same_grid
 from emtools.normalize import dtype_scale, fit_normalization
-from emtools.tiling import Box, uncovered_boxes
+from emtools.tiling.geometry import Box, uncovered_boxes
 from emtools.train.config import parse_region_text
 
 log = logging.getLogger("emtools")
@@ -131,7 +131,7 @@ def _as_3d(data: np.ndarray, spec: str, what: str) -> np.ndarray:
 
 
 def _check_same(first: tuple[str, Metadata, Box], second: tuple[str, Metadata, Box]) -> None:
-    from emtools.cli.segment_common import require_same_region
+    from emtools.meta import require_same_region
 
     require_same_region(first, second)
 

@@ -31,7 +31,7 @@ import torch.utils.data
 from emtools import targets
 from emtools.errors import EmError
 from emtools.normalize import dtype_scale, normalize_image
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 from emtools.train.data import FOREGROUND_KINDS, SIGMOID_KINDS, Volume, crop_start_boxes
 
 

@@ -10,13 +10,13 @@ Metrics (one JSON record per validation, keys ``<head>.<metric>``):
 
 - ``loss`` and ``<head>.loss``: the training losses on the whole region;
 - affinity heads (nearest-neighbour channels first) and boundary heads: supervoxels by
-  :func:`emtools.watershed.fragments` on the predicted boundary map (per section when z voxels
+  :func:`emtools.segment.watershed.fragments` on the predicted boundary map (per section when z voxels
   are >= 2x the in-plane size, as em-watershed's ``auto``; seeds are the connected regions below
   the threshold by default, so a perfect map scores 0), for each seed threshold; adapted Rand
-  error and VOI split/merge (:func:`emtools.evaluate_neuron.neuron_metrics`, label 0 ignored)
+  error and VOI split/merge (:func:`emtools.evaluate.neuron.neuron_metrics`, label 0 ignored)
   at the threshold with the lowest adapted Rand error;
 - foreground, contour and cleft heads: voxel precision, recall and F1 of ``p > 0.5`` over the
-  voxels that count (:mod:`emtools.evaluate_semantic`);
+  voxels that count (:mod:`emtools.evaluate.semantic`);
 - semantic heads: voxel accuracy. Distance heads: the loss.
 """
 
@@ -30,7 +30,7 @@ import torch
 
 from emtools.models.heads import NEAREST_OFFSETS
 from emtools.normalize import normalize_image
-from emtools.tiling import Box
+from emtools.tiling.geometry import Box
 from emtools.train.data import Volume
 from emtools.train.losses import head_loss
 from emtools.train.sampling import HeadTarget, build_head_targets
@@ -88,7 +88,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def boundary_map(head: HeadTarget, logits: np.ndarray) -> np.ndarray | None:
     """The predicted boundary map (z, y, x) of an affinity or boundary head, else None."""
-    from emtools.watershed import boundary_from_affinities
+    from emtools.segment.watershed import boundary_from_affinities
 
     if head.kind == "boundary":
         return _sigmoid(logits[0])
@@ -104,8 +104,8 @@ def segmentation_scores(boundary: np.ndarray, gt: np.ndarray, voxel_size_nm: Seq
     ``seeds``: ``components`` (connected regions below the threshold, at least ``min_size``
     voxels; a perfect boundary map scores 0) or ``distance`` (distance-transform maxima).
     """
-    from emtools.evaluate_neuron import neuron_metrics
-    from emtools.watershed import fragments
+    from emtools.evaluate.neuron import neuron_metrics
+    from emtools.segment.watershed import fragments
 
     mode = "2d" if voxel_size_nm[0] >= 2.0 * min(voxel_size_nm[1], voxel_size_nm[2]) else "3d"
     best = None
@@ -121,7 +121,7 @@ def segmentation_scores(boundary: np.ndarray, gt: np.ndarray, voxel_size_nm: Seq
 
 
 def voxel_scores(prob: np.ndarray, target: np.ndarray, weight: np.ndarray) -> dict[str, float | None]:
-    from emtools.evaluate_semantic import semantic_metrics
+    from emtools.evaluate.semantic import semantic_metrics
 
     counted = weight > 0
     pred = (prob[counted] > 0.5).astype(np.uint8)

@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from emtools.errors import EmError
-from emtools.filters import maximum_filter
+from emtools.segment.filters import maximum_filter
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from emtools.errors import EmError
-from emtools.tiling import Box, blend_weights, check_chunking, first_overlap, plan_chunks, uncovered_boxes
+from emtools.tiling.geometry import Box, blend_weights, check_chunking, first_overlap, plan_chunks, uncovered_boxes
 
 
 def test_box_basics():

@@ -1,10 +1,10 @@
-"""emtools.agglomerate: greedy merging against a naive loop, thresholds, history replay."""
+"""emtools.segment.agglomerate: greedy merging against a naive loop, thresholds, history replay."""
 
 import numpy as np
 import pytest
 
-from emtools import agglomerate as A
-from emtools import region_graph as R
+from emtools.segment import agglomerate as A
+from emtools.segment import region_graph as R
 from emtools.errors import EmError
 
 STEPS = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]

@@ -1,6 +1,6 @@
 """The compiled core of the watershed: quantised heights and bucket-queue flooding.
 
-Used by :mod:`emtools.watershed` (which documents the algorithm); kept apart so that module
+Used by :mod:`emtools.segment.watershed` (which documents the algorithm); kept apart so that module
 reads as the pipeline. Everything here works in place on arrays the caller allocated.
 """
 

@@ -1,11 +1,11 @@
-"""emtools.stitch: offsets, edge-table combination, look-up tables per threshold."""
+"""emtools.segment.stitch: offsets, edge-table combination, look-up tables per threshold."""
 
 import numpy as np
 import pytest
 
-from emtools import agglomerate as A
-from emtools import region_graph as R
-from emtools import stitch as S
+from emtools.segment import agglomerate as A
+from emtools.segment import region_graph as R
+from emtools.segment import stitch as S
 from emtools.errors import EmError
 
 

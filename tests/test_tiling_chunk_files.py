@@ -8,7 +8,7 @@ import pytest
 from emtools import io
 from emtools.errors import EmError
 from emtools.meta import Metadata
-from emtools.tile import CHUNK_ATTRS, inspect_chunks, merge_chunks, split_volume
+from emtools.tiling.chunk_files import CHUNK_ATTRS, inspect_chunks, merge_chunks, split_volume
 
 
 def _writer_factory(spec):

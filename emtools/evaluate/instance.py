@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.evaluate_table import (
+from emtools.evaluate.table import (
     Contingency,
     check_labels,
     contingency_table,

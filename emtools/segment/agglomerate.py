@@ -26,9 +26,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.hashtable import insert, lookup, remove
+from emtools.segment.structures import insert, lookup, remove
 from emtools.native import helper, kernel
-from emtools.region_graph import (
+from emtools.segment.region_graph import (
     DEFAULT_BINS,
     RegionGraph,
     _quantile_of,

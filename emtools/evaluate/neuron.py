@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.evaluate_table import (
+from emtools.evaluate.table import (
     Contingency,
     check_labels,
     contingency_table,

@@ -1,6 +1,6 @@
 """Seeded watershed: affinities or boundary maps to supervoxels (fragments), and instance modes.
 
-Conventions (shared with :mod:`emtools.region_graph`):
+Conventions (shared with :mod:`emtools.segment.region_graph`):
 
 - Nearest-neighbour affinities are a float array ``(3, z, y, x)``: channel ``c`` holds the
   affinity between a voxel and its neighbour one step *back* along axis ``c`` (z, y, x), as
@@ -32,8 +32,8 @@ import numpy as np
 
 from emtools.cpus import usable_cpus
 from emtools.errors import EmError
-from emtools.filters import maximum_filter
-from emtools.flood import (
+from emtools.segment.filters import maximum_filter
+from emtools.segment.flood import (
     FLOAT_LEVELS,
     _min_max,
     as_unit_float,

@@ -1,10 +1,10 @@
-"""emtools.watershed: flooding against scikit-image, seeds, size filter, fragments, BC/BCD."""
+"""emtools.segment.watershed: flooding against scikit-image, seeds, size filter, fragments, BC/BCD."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from emtools import watershed as W
+from emtools.segment import watershed as W
 from emtools.affinities import affinities_from_labels
 from emtools.errors import EmError
 

@@ -1,9 +1,9 @@
-"""emtools.region_graph: contacts and their statistics against a naive loop."""
+"""emtools.segment.region_graph: contacts and their statistics against a naive loop."""
 
 import numpy as np
 import pytest
 
-from emtools import region_graph as R
+from emtools.segment import region_graph as R
 from emtools.errors import EmError
 
 STEPS = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]

@@ -2,7 +2,7 @@
 
 A *contact* is a pair of face-adjacent voxels (one step along z, y or x) with different non-zero
 labels. Its affinity is the affinity of that edge (channel c at the voxel further along axis c,
-see :mod:`emtools.watershed` for the convention), or, from a boundary map, ``1 - max(b[p],
+see :mod:`emtools.segment.watershed` for the convention), or, from a boundary map, ``1 - max(b[p],
 b[q])``. Per pair of touching supervoxels (an edge of the graph) we keep the contact count
 (area in voxel faces), sum (mean = sum / count), min, max, and optionally a histogram of the
 contact affinities in ``bins`` equal bins over [0, 1] (bin = floor(a * bins), as waterz
@@ -20,8 +20,8 @@ import dataclasses
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.flood import check_unit_range
-from emtools.hashtable import find_or_add, lookup, rehash
+from emtools.segment.flood import check_unit_range
+from emtools.segment.structures import find_or_add, lookup, rehash
 from emtools.native import helper, kernel
 
 __all__ = ["RegionGraph", "compact_labels", "edge_quantile", "region_graph"]

@@ -1,14 +1,14 @@
 """Segmentation metrics for em-eval: numpy functions over compiled kernels, no I/O (one import).
 
-- :mod:`emtools.evaluate_table`: the contingency table (compiled core, chunk-additive).
-- :mod:`emtools.evaluate_neuron`: VOI split/merge, adapted Rand, Rand split/merge, CREMI score.
-- :mod:`emtools.evaluate_instance`: MitoEM average precision, matched precision/recall/F1.
-- :mod:`emtools.evaluate_semantic`: voxel IoU/Dice/precision/recall/accuracy, CREMI clefts.
+- :mod:`emtools.evaluate.table`: the contingency table (compiled core, chunk-additive).
+- :mod:`emtools.evaluate.neuron`: VOI split/merge, adapted Rand, Rand split/merge, CREMI score.
+- :mod:`emtools.evaluate.instance`: MitoEM average precision, matched precision/recall/F1.
+- :mod:`emtools.evaluate.semantic`: voxel IoU/Dice/precision/recall/accuracy, CREMI clefts.
 
 Arguments come in the order (prediction, ground truth), as in waterz and elf.
 """
 
-from emtools.evaluate_instance import (
+from emtools.evaluate.instance import (
     DEFAULT_SIZE_CLASSES,
     InstanceTable,
     average_precision,
@@ -18,14 +18,14 @@ from emtools.evaluate_instance import (
     instance_table,
     match_instances,
 )
-from emtools.evaluate_neuron import (
+from emtools.evaluate.neuron import (
     GT_ZERO_CHOICES,
     PRED_ZERO_CHOICES,
     neuron_metrics,
     neuron_metrics_from_table,
     neuron_objects,
 )
-from emtools.evaluate_semantic import (
+from emtools.evaluate.semantic import (
     binary_counts,
     cleft_distances,
     foreground_mask,
@@ -33,7 +33,7 @@ from emtools.evaluate_semantic import (
     semantic_metrics_from_counts,
     semantic_per_class,
 )
-from emtools.evaluate_table import (
+from emtools.evaluate.table import (
     Contingency,
     ContingencyAccumulator,
     check_labels,

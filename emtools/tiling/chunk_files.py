@@ -3,7 +3,7 @@
 Memory stays a small multiple of one chunk whatever the volume size: split reads one chunk's
 region at a time; merge builds the output one responsible region (tile) at a time from the parts
 of the neighbouring chunks that overlap it, and writes each tile before the next.
-All file access goes through :mod:`emtools.io`; the geometry lives in :mod:`emtools.tiling`.
+All file access goes through :mod:`emtools.io`; the geometry lives in :mod:`emtools.tiling.geometry`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from emtools import io
 from emtools.errors import EmError
 from emtools.meta import Metadata, provenance_record, require_same_grid
-from emtools.tiling import Box, Chunk, blend_weights, first_overlap, plan_chunks, uncovered_boxes
+from emtools.tiling.geometry import Box, Chunk, blend_weights, first_overlap, plan_chunks, uncovered_boxes
 
 log = logging.getLogger("emtools")
 

@@ -11,7 +11,7 @@ The model (as lsd, abiss and cluster_tools do it)::
     chunk k: relabel its fragments through the table              (em-tile merge assembles)
 
 ``score`` is the threshold at which the chunk's agglomeration joined u and v (the running
-maximum of merge costs, see :func:`emtools.agglomerate.joining_scores`; inf if it never did).
+maximum of merge costs, see :func:`emtools.segment.agglomerate.joining_scores`; inf if it never did).
 A segment takes the smallest global fragment id it contains, as in the whole-volume run.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from emtools.agglomerate import _find, check_thresholds
+from emtools.segment.agglomerate import _find, check_thresholds
 from emtools.errors import EmError
 from emtools.native import kernel
 

@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.evaluate_table import Contingency, contingency_table
+from emtools.evaluate.table import Contingency, contingency_table
 
 __all__ = [
     "binary_counts",
