@@ -45,6 +45,11 @@ STAMP_FILE = PACKAGE_DIR / f"{MODULE_NAME}.json"
 # reading the package's sources (no import), so adding a kernel module needs no list to edit.
 _MARK = re.compile(r"^@(?:kernel\(|helper\b)", re.MULTILINE)
 MODES = ("auto", "aot", "jit")
+# numba's pycc, which the build uses, is deprecated upstream, so the build is pinned to the numba
+# releases it was tested with ([low, high)); a later numba may change or drop pycc. Outside them
+# the build is skipped with one warning and the kernels run JIT, which works with any numba.
+# EMTOOLS_ALLOW_UNTESTED=1 tries the build anyway.
+AOT_TESTED_NUMBA = ((0, 68), (0, 69))
 
 _KERNELS: list[Kernel] = []
 _HELPERS: dict[object, str] = {}  # python function -> qualified name
@@ -311,6 +316,21 @@ def _import_kernel_modules() -> list[Kernel]:
     return list(_KERNELS)
 
 
+def check_numba_version(version: str) -> None:
+    """EmError unless ``version`` lies in :data:`AOT_TESTED_NUMBA` (or EMTOOLS_ALLOW_UNTESTED=1)."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    release = (int(match.group(1)), int(match.group(2))) if match else None
+    low, high = AOT_TESTED_NUMBA
+    if release is not None and low <= release < high:
+        return
+    if os.environ.get("EMTOOLS_ALLOW_UNTESTED", "") == "1":
+        log.warning("WARNING: numba %s is outside the releases the kernel build was tested with; "
+                    "building anyway (EMTOOLS_ALLOW_UNTESTED=1)", version)
+        return
+    raise EmError(f"numba {version} is outside the releases the kernel build is tested with "
+                  f"(>={low[0]}.{low[1]},<{high[0]}.{high[1]}); set EMTOOLS_ALLOW_UNTESTED=1 to try")
+
+
 def build(output_dir: Path | None = None, target_cpu: str = "", verbose: bool = False) -> Path:
     """Compile every kernel signature into ``emtools/_kernels*.so`` (atomically) and stamp it."""
     import tempfile
@@ -319,6 +339,8 @@ def build(output_dir: Path | None = None, target_cpu: str = "", verbose: bool = 
 
     import numba
     from numba.core import types
+
+    check_numba_version(numba.__version__)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, run_tool, shared_data
 
 from emtools import io
 from emtools.cli.eval import main
-from emtools.evaluate import instance_metrics, neuron_metrics
+from emtools.evaluate import MODES, evaluate_files, instance_metrics, neuron_metrics
 from emtools.meta import Metadata
 
 VOXEL = (40.0, 4.0, 4.0)
@@ -140,6 +140,26 @@ def test_voxel_size_override_resolves_a_mismatch(tmp_path):
     assert_one_line_error(invoke(seg_spec, gt_spec), "eval", "voxel sizes differ")
     out = run_json(seg_spec, gt_spec, "--voxel-size", "30,6,6")
     assert out["voxel_size_nm"] == [30.0, 6.0, 6.0]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_every_registered_mode_runs_from_the_cli_as_the_library_scores_it(tmp_path, mode):
+    rng = np.random.default_rng(7)
+    gt = (rng.random((4, 12, 12)) > 0.6).astype(np.uint8)
+    seg = np.roll(gt, 1, axis=2)
+    seg_spec, gt_spec = write(tmp_path, "seg", seg), write(tmp_path, "gt", gt)
+    out = run_json(seg_spec, gt_spec, "--mode", mode)
+    assert out["mode"] == mode
+    assert out == json.loads(json.dumps(evaluate_files(seg_spec, gt_spec, mode)))
+
+
+def test_unknown_mode_is_a_usage_error_naming_the_registered_modes(pair):
+    seg_spec, gt_spec, _, _ = pair
+    result = invoke(seg_spec, gt_spec, "--mode", "nueron")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "Invalid value for '--mode': 'nueron' is not one of" in result.stderr
+    for name in MODES:
+        assert f"'{name}'" in result.stderr, name
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -277,10 +277,10 @@ def test_execution_options_train_to_the_same_weights(tmp_path, specs, monkeypatc
 
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)  # this tiny model's layers are all thin and small
     monkeypatch.setattr(winograd, "MIN_VOXELS", 1)
-    from emtools.train import loop
+    from emtools.models import execution
 
-    models = []
-    monkeypatch.setattr(loop, "to_channels_last", lambda model: models.append(model) or to_channels_last(model))
+    models = []  # em-train applies its options through models.execution, like em-predict and em-profile
+    monkeypatch.setattr(execution, "to_channels_last", lambda model: models.append(model) or to_channels_last(model))
     weights = []
     for flag in ("false", "true"):
         run = tmp_path / f"run-{flag}"

@@ -137,6 +137,20 @@ def test_group_sum_matches_bincount():
     np.testing.assert_array_equal(sums, np.bincount(inverse, weights=weights).astype(np.int64))
 
 
+def test_group_sum_keeps_key_zero_apart_and_grows_its_table():
+    # key 0 marks an empty slot of the shared key table, so group_sum keeps it aside; 5000
+    # distinct keys regrow the table several times
+    rng = np.random.default_rng(4)
+    keys = np.concatenate([np.array([0, 2**64 - 1, 0], np.uint64), (rng.integers(0, 5000, 20000) * 7919).astype(np.uint64)])
+    weights = rng.integers(-3, 9, keys.size)
+    uniq, sums = group_sum(keys, weights)
+    ref_keys, inverse = np.unique(keys, return_inverse=True)
+    np.testing.assert_array_equal(uniq, ref_keys)
+    np.testing.assert_array_equal(sums, np.bincount(inverse, weights=weights).astype(np.int64))
+    empty = group_sum(np.zeros(0, np.uint64), np.zeros(0, np.int64))
+    assert empty[0].size == 0 and empty[1].size == 0
+
+
 @pytest.mark.parametrize("array,fragment", [
     (np.zeros((2, 2, 2), np.float32), "floating point"),
     (np.full((2, 2, 2), -1, np.int32), "negative labels"),

@@ -63,7 +63,8 @@ def test_every_kernel_module_declares_its_kernels_and_each_signature_parses():
     names = {f"{k.__module__}.{k.__name__}" for k in kernels}
     assert {"emtools.segment.flood._flood_fast", "emtools.segment.region_graph._contacts", "emtools.segment.agglomerate._merge",
             "emtools.evaluate.table._count_pairs", "emtools.segment.filters._box_maximum"} <= names
-    assert {k.__module__ for k in kernels} == set(native.kernel_modules()) - {"emtools.segment.structures"}
+    # scores holds only a helper (the edge cost that the merge kernel inlines)
+    assert {k.__module__ for k in kernels} == set(native.kernel_modules()) - {"emtools.segment.scores"}
     exports = [name for k in kernels for name in k.export_names]
     assert len(exports) == len(set(exports))
 
@@ -117,13 +118,13 @@ def test_the_built_module_has_every_signature_and_a_matching_stamp():
 
 @needs_build
 def test_strict_mode_names_the_call_it_cannot_serve(monkeypatch):
-    from emtools.segment.flood import _min_max
+    from emtools.segment.flood import min_max
 
     monkeypatch.setenv("EMTOOLS_KERNELS", "aot")
-    lo, hi = _min_max(np.array([0.25, 0.5], np.float32))  # a compiled signature: fine
+    lo, hi = min_max(np.array([0.25, 0.5], np.float32))  # a compiled signature: fine
     assert (lo, hi) == (0.25, 0.5)
-    with pytest.raises(EmError, match=r"no compiled signature of emtools.segment.flood._min_max takes \(int16\[1d C\]\)"):
-        _min_max(np.array([1, 2], np.int16))
+    with pytest.raises(EmError, match=r"no compiled signature of emtools.segment.flood.min_max takes \(int16\[1d C\]\)"):
+        min_max(np.array([1, 2], np.int16))
 
 
 # ----------------------------------------------------------------------------- both ways agree
@@ -186,3 +187,38 @@ def test_status_prints_one_json_line(capsys):
     assert native.main(["status"]) == 0
     state = json.loads(capsys.readouterr().out)
     assert state["kernels"] in ("aot", "jit") and state["reason"]
+
+
+# ----------------------------------------------------------------------------- pins and CI
+
+@pytest.mark.skipif(os.environ.get("CI", "").lower() not in ("1", "true", "yes"),
+                    reason="CI only: a developer's checkout may run JIT on purpose")
+def test_ci_runs_the_ahead_of_time_kernels():
+    """`make install` must have built the kernels: a silent JIT fallback in CI fails here."""
+    status = native.status()
+    assert status["kernels"] == "aot", f"the AOT kernel build is not in use in CI: {status['reason']}"
+
+
+@pytest.mark.parametrize("version, ok", [("0.68.1", True), ("0.68.0rc1", True), ("0.67.2", False),
+                                         ("0.69.0", False), ("1.0", False), ("dev", False)])
+def test_the_build_is_pinned_to_the_tested_numba(monkeypatch, version, ok):
+    monkeypatch.delenv("EMTOOLS_ALLOW_UNTESTED", raising=False)
+    if ok:
+        native.check_numba_version(version)
+    else:
+        with pytest.raises(EmError, match=rf"numba {version} is outside the releases the kernel build is tested with"):
+            native.check_numba_version(version)
+        monkeypatch.setenv("EMTOOLS_ALLOW_UNTESTED", "1")
+        native.check_numba_version(version)
+
+
+def test_an_untested_numba_leaves_the_jit_path_with_one_warning(monkeypatch, tmp_path, capsys):
+    import numba
+
+    monkeypatch.delenv("EMTOOLS_ALLOW_UNTESTED", raising=False)
+    monkeypatch.setattr(numba, "__version__", "0.99.0")
+    monkeypatch.setattr(native, "STAMP_FILE", tmp_path / "_kernels.json")
+    assert native.main(["build"]) == 0
+    err = capsys.readouterr().err
+    assert "numba 0.99.0 is outside the releases the kernel build is tested with" in err
+    assert err.count("\n") == 1 and not (tmp_path / "_kernels.json").exists()

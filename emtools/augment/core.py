@@ -17,28 +17,28 @@ so uint64 ids survive exactly.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from emtools import values
 from emtools.errors import EmError
 
 Labels = dict[str, np.ndarray]
 AUGMENTATIONS: dict[str, Callable] = {}
-
-_NUMBER = (int, float, np.integer, np.floating)
 
 
 @dataclasses.dataclass(frozen=True)
 class Option:
     """One option of an augmentation.
 
-    ``kind``: ``range`` (a pair lo <= hi of numbers drawn uniformly; a single number means that
-    fixed value), ``int_range`` (the same with integers, both ends included), ``float``, ``int``,
-    ``bool``, ``choice`` (one of ``choices``), ``text``, ``axes`` (letters of z, y, x, e.g. ``yx``) or
-    ``object`` (anything, e.g. an array, not checked here). ``lo``/``hi`` bound numbers (inclusive).
+    ``kind`` (a key of :data:`KINDS`, each a converter of :mod:`emtools.values`): ``range`` (a pair
+    lo <= hi of numbers drawn uniformly; a single number means that fixed value), ``int_range``
+    (the same with integers, both ends included), ``float``, ``int``, ``bool``, ``choice`` (one of
+    ``choices``), ``text``, ``axes`` (letters of z, y, x, e.g. ``yx``) or ``object`` (anything, e.g.
+    an array, not checked here). ``lo``/``hi`` bound numbers (inclusive). Options are Python
+    values (from code or YAML), never text: ``"3"`` is not a number here.
     """
 
     default: Any
@@ -54,8 +54,7 @@ SECTIONS = Option((1, 2), "int_range", "how many sections are affected (distinct
 
 def closest(name: str, valid: Sequence[str]) -> str:
     """`` (did you mean X?)`` for the valid name closest to ``name``, or ''."""
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]}?)" if match else ""
+    return values.OPTIONS.suggest(name, valid)
 
 
 def augmentation(name: str, summary: str, **options: Option):
@@ -94,62 +93,25 @@ def resolve_options(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _coerce(name, key, opt, params.get(key, opt.default)) for key, opt in options.items()}
 
 
+# kind -> convert(value, "name.option", option); values.OPTIONS words the errors
+KINDS: dict[str, Callable[[Any, str, Option], Any]] = {
+    "object": lambda value, where, opt: value,
+    "range": lambda value, where, opt: values.to_range(value, where, lo=opt.lo, hi=opt.hi),
+    "int_range": lambda value, where, opt: values.to_range(value, where, integer=True, lo=opt.lo, hi=opt.hi),
+    "float": lambda value, where, opt: values.to_float(value, where, lo=opt.lo, hi=opt.hi, text=False,
+                                                       say=values.OPTIONS),
+    "int": lambda value, where, opt: values.to_int(value, where, lo=opt.lo, hi=opt.hi, text=False,
+                                                   say=values.OPTIONS),
+    "bool": lambda value, where, opt: values.to_bool(value, where, text=False, say=values.OPTIONS),
+    "choice": lambda value, where, opt: values.to_choice(value, where, opt.choices, fold_case=False,
+                                                         say=values.OPTIONS),
+    "text": lambda value, where, opt: values.to_text(value, where),
+    "axes": lambda value, where, opt: values.to_axes(value, where),
+}
+
+
 def _coerce(name: str, key: str, opt: Option, value: Any) -> Any:
-    where = f"{name}.{key}"
-    if opt.kind == "object":
-        return value
-    if opt.kind in ("range", "int_range"):
-        integer = opt.kind == "int_range"
-        if isinstance(value, _NUMBER) and not isinstance(value, bool):
-            value = (value, value)
-        if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
-            raise EmError(f"{where} must be a pair of numbers lo,hi (or one number), got {value!r}")
-        pair = tuple(_number(where, v, integer) for v in value)
-        if pair[0] > pair[1]:
-            raise EmError(f"{where}: lo {pair[0]:g} is above hi {pair[1]:g}")
-        for v in pair:
-            _bounds(where, opt, v)
-        return pair
-    if opt.kind in ("float", "int"):
-        number = _number(where, value, opt.kind == "int")
-        _bounds(where, opt, number)
-        return number
-    if opt.kind == "bool":
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        raise EmError(f"{where} must be true or false, got {value!r}")
-    if opt.kind == "choice":
-        if value not in opt.choices:
-            raise EmError(f"{where} must be one of {', '.join(opt.choices)}, got {value!r}{closest(str(value), opt.choices)}")
-        return value
-    if opt.kind == "text":
-        if not isinstance(value, str):
-            raise EmError(f"{where} must be text, got {value!r}")
-        return value
-    if opt.kind == "axes":
-        if not isinstance(value, str) or set(value) - set("zyx"):
-            raise EmError(f"{where} must be letters of z, y, x (e.g. zyx or yx), got {value!r}")
-        return value
-    raise AssertionError(f"unknown option kind {opt.kind}")
-
-
-def _number(where: str, value: Any, integer: bool):
-    if isinstance(value, bool) or not isinstance(value, _NUMBER):
-        raise EmError(f"{where} must be a number, got {value!r}")
-    if not np.isfinite(value):
-        raise EmError(f"{where} must be finite, got {value!r}")
-    if integer:
-        if float(value) != int(value):
-            raise EmError(f"{where} must be a whole number, got {value!r}")
-        return int(value)
-    return float(value)
-
-
-def _bounds(where: str, opt: Option, value: float) -> None:
-    if opt.lo is not None and value < opt.lo:
-        raise EmError(f"{where} must be >= {opt.lo:g}, got {value:g}")
-    if opt.hi is not None and value > opt.hi:
-        raise EmError(f"{where} must be <= {opt.hi:g}, got {value:g}")
+    return KINDS[opt.kind](value, f"{name}.{key}", opt)
 
 
 def check_rng(name: str, rng) -> None:

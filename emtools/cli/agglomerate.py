@@ -1,48 +1,19 @@
-"""em-agglomerate: merge supervoxels hierarchically; whole volumes or chunk by chunk."""
+"""em-agglomerate: merge supervoxels hierarchically; whole volumes or chunk by chunk.
+
+Each command maps its options to one library call: :mod:`emtools.segment.jobs` (segment,
+replay) and :mod:`emtools.segment.chunked` (offsets, edges, stitch, relabel).
+"""
 
 from __future__ import annotations
 
-import os
-import time
-
 import click
-import numpy as np
 
-from emtools import io
-from emtools.cli.common import (
-    FLOAT_TRIPLE,
-    contract,
-    emit,
-    expand_stdin_specs,
-    log,
-    version_option,
-)
-from emtools.cli.segment_common import (
-    as_float,
-    as_uint64,
-    check_label_dtype,
-    chunk_regions,
-    cropped_metadata,
-    fmt_threshold,
-    output_for_threshold,
-    parse_thresholds,
-    read_labels,
-    read_map,
-    read_table,
-    write_table,
-)
-from emtools.errors import EmError
-from emtools.meta import Metadata, provenance_record, require_same_region
-from emtools.tiling.geometry import Box, first_overlap
+from emtools.cli.common import FLOAT_TRIPLE, contract, emit, expand_stdin_specs, version_option
+from emtools.segment.scores import score_help
 
 TOOL = "em-agglomerate"
-HISTORY_COLUMNS = ["a", "b", "cost"]
-OFFSET_COLUMNS = ["spec", "begin_zyx", "end_zyx", "offset", "count"]
-EDGE_COLUMNS = ["u", "v", "score", "area"]
-LUT_COLUMNS = ["threshold", "fragment", "segment"]
 
-SCORE_HELP = ("Merge cost 1 - s, s of the contact affinities: mean, max, min, or quantile[:Q] "
-              "(Q in (0,1] or percent; from a histogram, as waterz's HistogramQuantileAffinity).")
+SCORE_HELP = score_help()  # one clause per score of the registry (emtools.segment.scores)
 
 
 @click.group(
@@ -89,49 +60,6 @@ def _compression_option(func):
     return click.option("--compression", default="gzip", show_default=True, help="gzip[:LEVEL], lzf (HDF5 only) or none.")(func)
 
 
-def _thresholds(text: str) -> list[float]:
-    from emtools.segment.agglomerate import check_thresholds
-
-    return check_thresholds(parse_thresholds(text))
-
-
-def _outputs(template: str, thresholds: list[float], compression: str) -> list[str]:
-    io.parse_compression(compression)
-    outputs = [output_for_threshold(template, t, len(thresholds) > 1) for t in thresholds]
-    for spec in outputs:
-        io.check_output_path(io.output_file(spec))
-        io.output_format(spec)
-    if len({io.output_file(o) for o in outputs}) != len(outputs):
-        raise EmError("the outputs for different thresholds name the same file; put {threshold} in the file name")
-    return outputs
-
-
-def _segment_metadata(meta: Metadata, threshold: float, score: str, record: dict) -> Metadata:
-    attrs = dict(meta.attrs)
-    attrs.pop("fragment_count", None)
-    attrs.update(threshold=threshold, score=score)
-    return Metadata("zyx", meta.offset_nm, meta.voxel_size_nm, meta.provenance, attrs).with_record(record)
-
-
-def _write_history(path: str, history, fragments_spec: str) -> None:
-    write_table(
-        path,
-        [f"emtools merge history score={history.score} until={history.until!r}",
-         f"fragments={fragments_spec.replace(' ', '%20')} merges={len(history)}"],
-        HISTORY_COLUMNS, [history.a, history.b, history.cost], ["%d", "%d", "%r"],
-    )
-
-
-def _read_history(path: str):
-    from emtools.segment.agglomerate import MergeHistory
-
-    info, columns = read_table(path, HISTORY_COLUMNS)
-    if "until" not in info or "score" not in info:
-        raise EmError(f"{path} is not an em-agglomerate merge history (no score/until line)")
-    return MergeHistory(as_uint64(columns["a"], path), as_uint64(columns["b"], path),
-                        as_float(columns["cost"], path), float(info["until"]), info["score"])
-
-
 # ----------------------------------------------------------------------------- segment
 
 @main.command()
@@ -156,45 +84,10 @@ def segment(fragments_spec, map_spec, thresholds_text, output, history_path, sco
       em-agglomerate segment frags.h5 affs.h5:/affs -t 0.1,0.2,0.3,0.4,0.5 -o 'seg_{threshold}.h5:/seg'
       em-agglomerate segment frags.h5 probs.h5:/boundary --score quantile:50 -t 0.5 -o seg.h5 --history merges.tsv
     """
-    from emtools.segment import agglomerate, region_graph
+    from emtools.segment.jobs import agglomerate_volume
 
-    started = time.perf_counter()
-    name, q = agglomerate.parse_score(score)
-    thresholds = _thresholds(thresholds_text)
-    outputs = _outputs(output, thresholds, compression)
-    if history_path:
-        io.check_output_path(history_path)
-    if not 0 < bins <= 65536 and name == "quantile":
-        raise EmError(f"--bins must be in 1..65536, got {bins}")
-    labels, fmeta, fbox = read_labels(fragments_spec, voxel_size_nm)
-    source = read_map(map_spec, voxel_size_nm, invert=invert)
-    require_same_region((fragments_spec, fmeta, fbox), (map_spec, source.meta, source.box))
-    map_meta = source.meta
-    read_s = time.perf_counter() - started
-    nodes = region_graph.compact_labels(labels)
-    del labels
-    graph = region_graph.region_graph(
-        nodes[0], bins=bins if name == "quantile" else 0, nodes=nodes,
-        **{"affinities" if source.kind == "affinities" else "boundary": source.values},
-    )
-    del source
-    history = agglomerate.merge_history(graph, thresholds[-1], name, q, consume=True)
-    log.info("%d fragments, %d edges, %d merges up to %g (%s)", graph.n_nodes, graph.n_edges, len(history),
-             thresholds[-1], history.score)
-    del graph
-    params = {"thresholds": thresholds, "score": history.score, "bins": bins, "invert": invert}
-    record = provenance_record(f"{TOOL} segment", params, [(fragments_spec, fmeta), (map_spec, map_meta)])
-    if history_path:
-        _write_history(history_path, history, fragments_spec)
-    for t, spec, seg in zip(thresholds, outputs,
-                            agglomerate.segmentations(None, history, thresholds, nodes=nodes, reuse_buffer=True)):
-        path = io.write_volume(spec, seg, _segment_metadata(fmeta, t, history.score, record), compression=compression)
-        emit(path)
-    if history_path:
-        emit(history_path)
-    elapsed = time.perf_counter() - started
-    log.info("%d thresholds in %.1f s (reading %.1f s), %.2f Mvoxel/s", len(thresholds), elapsed, read_s,
-             fbox.size / max(elapsed, 1e-9) / 1e6)
+    agglomerate_volume(fragments_spec, map_spec, thresholds_text, output, history_path=history_path, score=score,
+                       bins=bins, invert=invert, voxel_size_nm=voxel_size_nm, compression=compression, on_written=emit)
 
 
 # ----------------------------------------------------------------------------- replay
@@ -216,21 +109,10 @@ def replay(fragments_spec, history_path, thresholds_text, output, voxel_size_nm,
     Example:
       em-agglomerate replay frags.h5 --history merges.tsv -t 0.35,0.45 -o 'seg_{threshold}.h5'
     """
-    from emtools.segment import agglomerate, region_graph
+    from emtools.segment.jobs import replay_volume
 
-    thresholds = _thresholds(thresholds_text)
-    outputs = _outputs(output, thresholds, compression)
-    history = _read_history(history_path)
-    for t in thresholds:
-        history.prefix(t)  # one-line error for thresholds beyond the history, before any work
-    labels, fmeta, _ = read_labels(fragments_spec, voxel_size_nm)
-    nodes = region_graph.compact_labels(labels)
-    del labels
-    record = provenance_record(f"{TOOL} replay", {"thresholds": thresholds, "history": history_path,
-                                                  "score": history.score}, [(fragments_spec, fmeta)])
-    for t, spec, seg in zip(thresholds, outputs,
-                            agglomerate.segmentations(None, history, thresholds, nodes=nodes, reuse_buffer=True)):
-        emit(io.write_volume(spec, seg, _segment_metadata(fmeta, t, history.score, record), compression=compression))
+    replay_volume(fragments_spec, history_path, thresholds_text, output, voxel_size_nm=voxel_size_nm,
+                  compression=compression, on_written=emit)
 
 
 # ----------------------------------------------------------------------------- chunked
@@ -250,62 +132,9 @@ def offsets(fragment_chunks, output):
     Example:
       em-agglomerate offsets frags/*.h5 -o offsets.tsv
     """
-    from emtools.segment.stitch import fragment_offsets
+    from emtools.segment.chunked import fragment_offsets_table
 
-    specs = expand_stdin_specs(fragment_chunks)
-    io.check_output_path(output)
-    rows = []
-    for spec in specs:
-        with io.open_volume(spec) as source:
-            check_label_dtype(spec, source.dtype)
-            _, responsible = chunk_regions(source.meta, source.box)
-            if responsible != source.box:
-                raise EmError(f"{spec} holds a halo; use fragments from em-watershed (cropped to their region)")
-            count = source.meta.attrs.get("fragment_count")
-            if count is None:
-                count = int(source.read().max())
-            rows.append((responsible.begin, responsible.end, spec, int(count)))
-    rows.sort()
-    clash = first_overlap([Box(b, e) for b, e, _, _ in rows])
-    if clash is not None:
-        raise EmError(f"fragment chunks overlap: {clash[0].text()} and {clash[1].text()}")
-    starts = fragment_offsets([r[3] for r in rows])
-    write_table(
-        output, [f"emtools fragment offsets chunks={len(rows)} fragments={sum(r[3] for r in rows)}"], OFFSET_COLUMNS,
-        [np.array([r[2] for r in rows], object), np.array([",".join(map(str, r[0])) for r in rows], object),
-         np.array([",".join(map(str, r[1])) for r in rows], object), starts, np.array([r[3] for r in rows])],
-        ["%s", "%s", "%s", "%d", "%d"],
-    )
-    emit(output)
-
-
-def _read_offsets(path: str) -> list[tuple[str, Box, int, int]]:
-    _, columns = read_table(path, OFFSET_COLUMNS)
-    rows = []
-    try:
-        for spec, b, e, off, count in zip(*(columns[c] for c in OFFSET_COLUMNS)):
-            rows.append((spec, Box(tuple(map(int, b.split(","))), tuple(map(int, e.split(",")))), int(off), int(count)))
-    except ValueError:
-        raise EmError(f"{path}: malformed offsets table") from None
-    return rows
-
-
-def _assemble_fragments(rows, box: Box) -> np.ndarray:
-    """Global fragment ids over ``box`` from the chunks that overlap it; error for holes."""
-    out = np.zeros(box.shape, np.uint64)
-    covered = 0
-    for spec, region, offset, _ in rows:
-        part = region.intersect(box)
-        if part is None:
-            continue
-        with io.open_volume(spec) as source:
-            data = source.read(part.shift(tuple(-b for b in source.box.begin))).astype(np.uint64)
-        data[data != 0] += np.uint64(offset)
-        out[box.local(part)] = data
-        covered += part.size
-    if covered != box.size:
-        raise EmError(f"the fragment chunks in the offsets table do not cover {box.text()} (missing chunks?)")
-    return out
+    emit(fragment_offsets_table(expand_stdin_specs(fragment_chunks), output))
 
 
 @main.command()
@@ -329,43 +158,10 @@ def edges(chunk_spec, offsets_path, output, until, score, bins, invert, voxel_si
     Example:
       em-agglomerate edges chunks/chunk_0-72_0-288_0-288.h5 --offsets offsets.tsv -o edges/chunk_0-72_0-288_0-288.tsv
     """
-    from emtools.segment import agglomerate, region_graph
+    from emtools.segment.chunked import chunk_edges
 
-    name, q = agglomerate.parse_score(score)
-    if not 0.0 <= until <= 1.0:
-        raise EmError(f"--until must be in [0, 1], got {until:g}")
-    io.check_output_path(output)
-    rows = _read_offsets(offsets_path)
-    source = read_map(chunk_spec, voxel_size_nm, invert=invert)
-    data_box, responsible = chunk_regions(source.meta, source.box)
-    labels = _assemble_fragments(rows, data_box)
-    nodes = region_graph.compact_labels(labels)
-    key = "affinities" if source.kind == "affinities" else "boundary"
-    owned = region_graph.region_graph(nodes[0], bins=0, nodes=nodes, region=_local(data_box, responsible),
-                                      **{key: source.values})
-    graph = region_graph.region_graph(nodes[0], bins=bins if name == "quantile" else 0, nodes=nodes, **{key: source.values})
-    del source, labels
-    history = agglomerate.merge_history(graph, until, name, q)
-    join = agglomerate.joining_scores(graph, history)
-    # owned edges are a subset of the graph's; both are sorted by (id u, id v)
-    gkey = graph.u * (graph.n_nodes + 1) + graph.v
-    okey = owned.u * (owned.n_nodes + 1) + owned.v
-    where = np.searchsorted(gkey, okey)
-    u, v = graph.ids[owned.u], graph.ids[owned.v]
-    write_table(
-        output,
-        [f"emtools edge table score={history.score} until={until!r} chunk={chunk_spec.replace(' ', '%20')}",
-         f"responsible={responsible.text()} fragments={graph.n_nodes} edges={len(u)}"],
-        EDGE_COLUMNS, [u, v, np.array([fmt_threshold(s) for s in join[where]], object), owned.count],
-        ["%d", "%d", "%s", "%d"],
-    )
-    log.info("%s: %d fragments, %d edges owned, %d merges", chunk_spec, graph.n_nodes, len(u), len(history))
-    emit(output)
-
-
-def _local(outer: Box, inner: Box):
-    sl = outer.local(inner)
-    return tuple(s.start for s in sl), tuple(s.stop for s in sl)
+    emit(chunk_edges(chunk_spec, offsets_path, output, until=until, score=score, bins=bins, invert=invert,
+                     voxel_size_nm=voxel_size_nm))
 
 
 @main.command()
@@ -384,36 +180,9 @@ def stitch(edge_tables, offsets_path, thresholds_text, output):
     Example:
       em-agglomerate stitch edges/*.tsv --offsets offsets.tsv -t 0.3,0.5 -o lut.tsv
     """
-    from emtools.segment import stitch as stitching
+    from emtools.segment.chunked import stitch_tables
 
-    thresholds = _thresholds(thresholds_text)
-    io.check_output_path(output)
-    rows = _read_offsets(offsets_path)
-    n_fragments = sum(r[3] for r in rows)
-    parts = {c: [] for c in EDGE_COLUMNS}
-    scores = set()
-    for path in expand_stdin_specs(edge_tables):
-        info, columns = read_table(path, EDGE_COLUMNS)
-        if "until" not in info:
-            raise EmError(f"{path} is not an em-agglomerate edge table")
-        scores.add(info.get("score"))
-        if thresholds[-1] > float(info["until"]) + 1e-12:
-            raise EmError(f"threshold {thresholds[-1]:g} is above {info['until']}, where {path} stops; rerun edges with a higher --until")
-        parts["u"].append(as_uint64(columns["u"], path))
-        parts["v"].append(as_uint64(columns["v"], path))
-        parts["score"].append(as_float(columns["score"], path))
-        parts["area"].append(as_uint64(columns["area"], path).astype(np.int64))
-    if len(scores) > 1:
-        raise EmError(f"the edge tables were made with different scores: {', '.join(sorted(map(str, scores)))}")
-    u, v, score, area = stitching.best_edges(*(np.concatenate(parts[c]) for c in EDGE_COLUMNS))
-    tables = stitching.lookup_tables(n_fragments, u, v, score, thresholds)
-    columns = [np.concatenate([np.full(len(f), t) for t, (f, _) in zip(thresholds, tables)]),
-               np.concatenate([f for f, _ in tables]), np.concatenate([s for _, s in tables])]
-    write_table(output, [f"emtools look-up table score={scores.pop()} thresholds={','.join(f'{t:g}' for t in thresholds)}",
-                         f"fragments={n_fragments} edges={len(u)}"],
-                LUT_COLUMNS, columns, ["%r", "%d", "%d"])
-    log.info("%d fragments, %d edges from %d tables", n_fragments, len(u), len(edge_tables))
-    emit(output)
+    emit(stitch_tables(expand_stdin_specs(edge_tables), offsets_path, thresholds_text, output))
 
 
 @main.command()
@@ -433,32 +202,9 @@ def relabel(fragments_spec, offsets_path, lut_path, threshold, output, compressi
     Example:
       em-agglomerate relabel frags/C.h5 --offsets offsets.tsv --lut lut.tsv -t 0.5 -o seg/C.h5
     """
-    from emtools.segment.stitch import apply_table
+    from emtools.segment.chunked import relabel_chunk
 
-    io.parse_compression(compression)
-    io.check_output_path(io.output_file(output))
-    info, columns = read_table(lut_path, LUT_COLUMNS)
-    known = [float(t) for t in info.get("thresholds", "").split(",") if t]
-    if not any(abs(t - threshold) <= 1e-12 for t in known):
-        raise EmError(f"{lut_path} has no threshold {threshold:g} (it has {info.get('thresholds', 'none')})")
-    at = np.isclose(as_float(columns["threshold"], lut_path), threshold, rtol=0, atol=1e-12)
-    fragments = as_uint64(columns["fragment"], lut_path)[at]
-    segments = as_uint64(columns["segment"], lut_path)[at]
-    order = np.argsort(fragments)
-    offsets_rows = _read_offsets(offsets_path)
-    matches = [r for r in offsets_rows if os.path.abspath(r[0]) == os.path.abspath(fragments_spec)]
-    if not matches:
-        raise EmError(f"{fragments_spec} is not in {offsets_path}")
-    labels, meta, box = read_labels(fragments_spec)
-    offset = np.uint64(matches[0][2])
-    labels = labels.astype(np.uint64)
-    labels[labels != 0] += offset
-    seg = apply_table(labels, fragments[order], segments[order])
-    _, responsible = chunk_regions(meta, box)
-    record = provenance_record(f"{TOOL} relabel", {"threshold": threshold, "lut": lut_path, "offset": int(offset)},
-                               [(fragments_spec, meta)])
-    out_meta = cropped_metadata(meta, responsible, {"threshold": threshold}).with_record(record)
-    emit(io.write_volume(output, seg, out_meta, compression=compression))
+    emit(relabel_chunk(fragments_spec, offsets_path, lut_path, threshold, output, compression=compression))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 - stdout carries data only (paths, JSON); logs go to stderr through ``logging``.
 - Exit codes: 0 ok; 1 with exactly one line ``em-<tool>: error: <what>``; 2 usage (click);
   130 on Ctrl-C (SIGINT), 143 on SIGTERM. ``--debug`` shows the traceback instead.
-- Shared option decorators (``-q/-v/--debug``, comma-triple types) so no tool copies them.
+- Shared option decorators (``-q/-v/--debug``) and click types over :mod:`emtools.values`
+  (:class:`ValueType`; comma triples) so no tool copies them.
 
 This module must stay light: it is imported by tools that never load torch.
 """
@@ -19,7 +20,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import click
 
-from emtools import __version__, interrupt
+from emtools import __version__, interrupt, values
 from emtools.errors import EmError
 from emtools.logs import setup_logging  # noqa: F401 (the tools import it from here)
 
@@ -114,48 +115,45 @@ def version_option(tool: str):
     return click.version_option(__version__, "--version", prog_name=tool, message="%(prog)s %(version)s")
 
 
-class IntTriple(click.ParamType):
+class ValueType(click.ParamType):
+    """A click type over a converter of :mod:`emtools.values` (which words the message, in its
+    :data:`~emtools.values.CLICK` form): a bad value is a usage error, exit 2, like any click type.
+
+    ``ValueType("Q", lambda text: values.to_fraction(text, percent=True, say=values.CLICK))``
+    """
+
+    def __init__(self, name: str, convert: Callable[[str], object], converted: tuple[type, ...] = ()):
+        self.name = name
+        self._convert = convert
+        self._converted = converted  # values that are already converted (defaults given in code)
+
+    def convert(self, value, param, ctx):
+        if self._converted and isinstance(value, self._converted):
+            return value
+        try:
+            return self._convert(value)
+        except EmError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class IntTriple(ValueType):
     """``z,y,x`` integers (a single integer means all three axes), e.g. ``--chunk 64,512,512``.
 
     Only the syntax is checked here (exit 2 on bad syntax); ranges are the command's business,
     so that out-of-range values get the one-line exit-1 error of the contract.
     """
 
-    name = "Z,Y,X"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        parts = [p.strip() for p in str(value).split(",")]
-        try:
-            numbers = tuple(int(p) for p in parts)
-        except ValueError:
-            self.fail(f"{value!r} is not three comma-separated integers z,y,x (e.g. 64,512,512)", param, ctx)
-        if len(numbers) == 1:
-            numbers = numbers * 3
-        if len(numbers) != 3:
-            self.fail(f"{value!r} has {len(numbers)} values; expected z,y,x (e.g. 64,512,512)", param, ctx)
-        return numbers
+    def __init__(self):
+        super().__init__("Z,Y,X", lambda text: values.to_triple(
+            text, positive=False, example="64,512,512", say=values.CLICK), converted=(tuple,))
 
 
-class FloatTriple(click.ParamType):
+class FloatTriple(ValueType):
     """``z,y,x`` numbers (a single number means all three axes), e.g. ``--voxel-size 40,4,4``."""
 
-    name = "Z,Y,X"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        parts = [p.strip() for p in str(value).split(",")]
-        try:
-            numbers = tuple(float(p) for p in parts)
-        except ValueError:
-            self.fail(f"{value!r} is not three comma-separated numbers z,y,x (e.g. 40,4,4)", param, ctx)
-        if len(numbers) == 1:
-            numbers = numbers * 3
-        if len(numbers) != 3:
-            self.fail(f"{value!r} has {len(numbers)} values; expected z,y,x (e.g. 40,4,4)", param, ctx)
-        return numbers
+    def __init__(self):
+        super().__init__("Z,Y,X", lambda text: values.to_triple(
+            text, integer=False, positive=False, example="40,4,4", say=values.CLICK), converted=(tuple,))
 
 
 INT_TRIPLE = IntTriple()

@@ -158,7 +158,7 @@ def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta
 
     dev = sharding.select_device(device, ranks.local_rank)
     if precision == "bf16" and dev.type == "cpu":
-        from emtools.profile.options import cpu_has_bf16_units
+        from emtools.models.execution import cpu_has_bf16_units
 
         if not cpu_has_bf16_units():
             log.warning("--precision bf16 on a CPU without bf16 units is emulated, much slower than fp32 "

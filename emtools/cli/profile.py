@@ -14,6 +14,7 @@ import click
 
 from emtools.cli.common import INT_TRIPLE, contract, emit, log, require_positive, version_option
 from emtools.errors import EmError
+from emtools.models import execution
 
 TOOL = "em-profile"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -43,6 +44,11 @@ def _load_spec(source: str, overrides: tuple[str, ...]):
     return resolve_spec(source, overrides)
 
 
+# The execution options and what each needs come from their registry (emtools.models.execution).
+OPTIONS_TABLE = "\n".join(["\b", "Execution options (--options; any singles join with +, e.g. channels_last+bf16):"]
+                          + ["  " + line for line in execution.help_table()])
+
+
 @main.command("model", help="""Per-layer cost of a model: FLOPs (analytic, checked against
 torch's FlopCounterMode), parameters, activation memory, measured forward/backward time,
 GFLOP/s and share of this device's measured peak; totals, per-level shares, bottlenecks.
@@ -51,10 +57,15 @@ SPEC is a preset (rsunet, rsunet-efficient, unet3d, unet2d), a YAML/JSON spec fi
 checkpoint (.pt), followed by optional key=value overrides. The text table goes to stdout;
 --json prints one JSON document instead.
 
+--options times each execution option on its own copy of the model; one that cannot run here is
+reported as unavailable, with the reason.
+
+""" + OPTIONS_TABLE + """
+
 \b
 Examples:
   em-profile model rsunet --input 18,160,160 --no-time
-  em-profile model rsunet stride_in=1x2x2 transposed_out=true --input 18,160,160
+  em-profile model rsunet stride_in=1,2,2 transposed_out=true --input 18,160,160
   em-profile model rsunet-efficient --input 18,160,160 --options default --json > prof.json
 """)
 @click.argument("spec")
@@ -65,7 +76,9 @@ Examples:
 @click.option("--mode", type=click.Choice(["train", "infer"]), default="train", show_default=True,
               help="train: forward+backward (+Adam step for --options); infer: forward only.")
 @click.option("--options", "option_names", default="none", show_default=True,
-              help="Execution options to compare: none, default, or a list such as eager,channels_last,compile.")
+              help="Execution options to compare: none, default (all that can run here at full speed), or a "
+                   f"comma list of {', '.join(['eager'] + execution.singles())} and their combinations with + "
+                   "(the table above).")
 @click.option("--no-time", is_flag=True, help="Count only (FLOPs, parameters, memory, geometry); measure nothing.")
 @click.option("--repeat", type=int, default=3, show_default=True, help="Timed iterations (median reported).")
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed iterations first.")

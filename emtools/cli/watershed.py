@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import time
-
 import click
-import numpy as np
 
-from emtools import io
-from emtools.cli.common import (
-    FLOAT_TRIPLE,
-    contract,
-    emit,
-    log,
-    require_positive,
-    version_option,
-)
-from emtools.cli.segment_common import (
-    chunk_regions,
-    cropped_metadata,
-    read_map,
-)
-from emtools.errors import EmError
-from emtools.meta import provenance_record, require_same_region
+from emtools.cli.common import FLOAT_TRIPLE, contract, emit, version_option
 
 TOOL = "em-watershed"
 
@@ -91,109 +72,13 @@ Examples:
 @click.option("--skip-existing", is_flag=True, help="Do nothing if OUTPUT exists (resume a batch).")
 @version_option(TOOL)
 @contract(TOOL)
-def main(input_spec, output, seed_method, mode, threshold, radius, min_distance, sigma, min_seed_size, min_size, small,
-         affinity_reduce, invert, instance, contour_spec, distance_spec, seed_foreground, seed_contour, seed_distance,
-         mask_foreground, mask_distance, voxel_size_nm, compression, skip_existing):
-    from emtools.segment import watershed
+def main(input_spec, output, voxel_size_nm, compression, skip_existing, contour_spec, distance_spec, **settings):
+    # every other option is a field of WatershedSettings, which validates them
+    from emtools.segment.jobs import WatershedSettings, watershed_volume
 
-    io.parse_compression(compression)
-    io.check_output_path(io.output_file(output))
-    io.output_format(output)
-    if voxel_size_nm is not None:
-        require_positive("--voxel-size", voxel_size_nm)
-    for name, value in (("--threshold", threshold), ("--seed-foreground", seed_foreground),
-                        ("--seed-contour", seed_contour), ("--mask-foreground", mask_foreground)):
-        if not 0.0 <= value <= 1.0:
-            raise EmError(f"{name} must be in [0, 1], got {value:g}")
-    for name, value in (("--radius", radius), ("--min-distance", min_distance), ("--sigma", sigma),
-                        ("--min-size", min_size), ("--min-seed-size", min_seed_size)):
-        if value < 0:
-            raise EmError(f"{name} must not be negative, got {value:g}")
-    if instance is None and (contour_spec or distance_spec):
-        raise EmError("--contour and --distance are for --instance bc/bcd")
-    if instance is not None and contour_spec is None:
-        raise EmError(f"--instance {instance} needs --contour")
-    if instance == "bcd" and distance_spec is None:
-        raise EmError("--instance bcd needs --distance")
-    if instance == "bc" and distance_spec is not None:
-        raise EmError("--distance is for --instance bcd")
-    if skip_existing and os.path.exists(io.output_file(output)):
-        log.info("exists, skipped: %s", output)
-        emit(io.output_file(output))
-        return
-
-    started = time.perf_counter()
-    if instance is None:
-        source = read_map(input_spec, voxel_size_nm, invert=invert)
-    else:
-        source = read_map(input_spec, voxel_size_nm, invert=invert, kind="boundary")
-    meta = source.meta
-    data_box, responsible = chunk_regions(meta, source.box)
-    voxel = meta.voxel_size_nm
-    if mode == "auto":
-        mode = "2d" if voxel[0] >= 2.0 * min(voxel[1], voxel[2]) else "3d"
-    inputs = [(input_spec, meta)]
-    params = {"mode": mode, "voxel_size_nm": list(voxel)}
-
-    if instance is None:
-        if source.kind == "affinities":
-            boundary = watershed.boundary_from_affinities(source.values, affinity_reduce)
-            params["affinity_reduce"] = affinity_reduce
-        else:
-            boundary = source.values
-        del source
-        labels = watershed.fragments(
-            boundary, seed_method=seed_method, mode=mode, threshold=threshold, voxel_size_nm=voxel,
-            radius=radius, min_distance=min_distance, sigma=sigma, min_seed_size=min_seed_size,
-            min_size=min_size, merge_small=small == "merge",
-        )
-        params.update(seeds=seed_method, threshold=threshold, radius=radius, min_distance=min_distance,
-                      sigma=sigma, min_seed_size=min_seed_size, min_size=min_size, small=small, invert=invert)
-    else:
-        foreground = source.values
-        contour = read_map(contour_spec, voxel_size_nm, kind="boundary")
-        require_same_region((input_spec, meta, source.box), (contour_spec, contour.meta, contour.box))
-        inputs.append((contour_spec, contour.meta))
-        distance = None
-        if distance_spec is not None:
-            distance, distance_meta, distance_box = _read_distance(distance_spec, voxel_size_nm)
-            require_same_region((input_spec, meta, source.box), (distance_spec, distance_meta, distance_box))
-            inputs.append((distance_spec, distance_meta))
-        labels = watershed.instance_segmentation(
-            foreground, contour.values, distance, seed_foreground=seed_foreground, seed_contour=seed_contour,
-            seed_distance=seed_distance, mask_foreground=mask_foreground, mask_distance=mask_distance,
-            min_seed_size=min_seed_size, min_size=min_size, mode=mode,
-        )
-        params.update(instance=instance, seed_foreground=seed_foreground, seed_contour=seed_contour,
-                      seed_distance=seed_distance, mask_foreground=mask_foreground, mask_distance=mask_distance,
-                      min_seed_size=min_seed_size, min_size=min_size, invert=invert)
-
-    if responsible != data_box:
-        labels = _crop_and_renumber(labels, data_box.local(responsible))
-    count = int(labels.max()) if labels.size else 0
-    out_meta = cropped_metadata(meta, responsible, {"fragment_count": count})
-    out_meta = out_meta.with_record(provenance_record(TOOL, params, inputs))
-    path = io.write_volume(output, labels, out_meta, compression=compression)
-    elapsed = time.perf_counter() - started
-    log.info("%d %s, responsible for %s (global voxels z,y,x), %.1f s, %.2f Mvoxel/s",
-             count, "instances" if instance else "fragments", responsible.text(), elapsed,
-             data_box.size / max(elapsed, 1e-9) / 1e6)
-    emit(path)
-
-
-def _read_distance(spec, voxel_size_nm):
-    with io.open_volume(spec, voxel_size_nm=voxel_size_nm) as source:
-        if len(source.shape) != 3:
-            raise EmError(f"the distance map must be 3D (z, y, x), but {spec} has {len(source.shape)} dimensions")
-        return source.read(), source.meta, source.box
-
-
-def _crop_and_renumber(labels: np.ndarray, local) -> np.ndarray:
-    import fastremap
-
-    cropped = np.ascontiguousarray(labels[local])
-    cropped, _ = fastremap.renumber(cropped, preserve_zero=True, in_place=True)
-    return cropped.astype(np.uint64, copy=False)
+    emit(watershed_volume(input_spec, output, WatershedSettings(**settings), contour_spec=contour_spec,
+                          distance_spec=distance_spec, voxel_size_nm=voxel_size_nm, compression=compression,
+                          skip_existing=skip_existing))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,24 @@
-"""Segmentation metrics for em-eval: numpy functions over compiled kernels, no I/O (one import).
+"""Segmentation metrics for em-eval: numpy functions over compiled kernels, and the file loop.
 
 - :mod:`emtools.evaluate.table`: the contingency table (compiled core, chunk-additive).
 - :mod:`emtools.evaluate.neuron`: VOI split/merge, adapted Rand, Rand split/merge, CREMI score.
 - :mod:`emtools.evaluate.instance`: MitoEM average precision, matched precision/recall/F1.
 - :mod:`emtools.evaluate.semantic`: voxel IoU/Dice/precision/recall/accuracy, CREMI clefts.
+- :mod:`emtools.evaluate.modes`: the registry of em-eval's ``--mode`` values (:data:`MODES`).
+- :mod:`emtools.evaluate.chunked`: :func:`evaluate_files`, two volume files scored slab by slab
+  with bounded memory (em-eval is a thin layer over it).
 
-Arguments come in the order (prediction, ground truth), as in waterz and elf.
+Arguments come in the order (prediction, ground truth), as in waterz and elf. Only the chunked
+loop does I/O, and only through :mod:`emtools.io`. Who may import this package: anyone; it
+imports numpy, numba kernels, ``edt`` (synapse mode) and emtools' io/tiling/meta layers, never
+torch and never :mod:`emtools.cli` (tests/test_layering.py checks both).
+
+To add an eval mode: write its metrics as a function of a :class:`Contingency` table (in one of
+the metric modules, or a new one), register an adapter with ``@eval_mode(name, help, skip=...,
+inputs=..., uses=...)`` in :mod:`emtools.evaluate.modes`; em-eval's --mode, --help and checks follow.
 """
 
+from emtools.evaluate.chunked import SLAB_VOXELS, Evaluation, evaluate_files, score_files
 from emtools.evaluate.instance import (
     DEFAULT_SIZE_CLASSES,
     InstanceTable,
@@ -18,6 +29,7 @@ from emtools.evaluate.instance import (
     instance_table,
     match_instances,
 )
+from emtools.evaluate.modes import MODES, EvalMode, EvalSettings, eval_mode, get_mode
 from emtools.evaluate.neuron import (
     GT_ZERO_CHOICES,
     PRED_ZERO_CHOICES,
@@ -42,10 +54,11 @@ from emtools.evaluate.table import (
 )
 
 __all__ = [
-    "DEFAULT_SIZE_CLASSES", "GT_ZERO_CHOICES", "PRED_ZERO_CHOICES",
-    "Contingency", "ContingencyAccumulator", "InstanceTable",
-    "average_precision", "binary_counts", "check_labels", "cleft_distances", "contingency_table", "foreground_mask",
-    "group_sum", "instance_metrics", "instance_metrics_from_table", "instance_objects",
-    "instance_table", "match_instances", "neuron_metrics", "neuron_metrics_from_table",
-    "neuron_objects", "semantic_metrics", "semantic_metrics_from_counts", "semantic_per_class",
+    "DEFAULT_SIZE_CLASSES", "GT_ZERO_CHOICES", "MODES", "PRED_ZERO_CHOICES", "SLAB_VOXELS",
+    "Contingency", "ContingencyAccumulator", "EvalMode", "EvalSettings", "Evaluation", "InstanceTable",
+    "average_precision", "binary_counts", "check_labels", "cleft_distances", "contingency_table",
+    "eval_mode", "evaluate_files", "foreground_mask", "get_mode", "group_sum", "instance_metrics",
+    "instance_metrics_from_table", "instance_objects", "instance_table", "match_instances",
+    "neuron_metrics", "neuron_metrics_from_table", "neuron_objects", "score_files",
+    "semantic_metrics", "semantic_metrics_from_counts", "semantic_per_class",
 ]

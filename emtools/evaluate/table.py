@@ -6,10 +6,13 @@ and voxel confusion matrices all follow from it, so the volume is read exactly o
 
 How the table is counted (``_count_pairs``, compiled, one pass, no copy of the labels)::
 
-    voxels in memory order --> runs of equal (g, s) --> open-addressing hash table
+    voxels in memory order --> runs of equal (g, s) --> pair-count hash table
                                (labels change rarely       keyed by (g, s), linear probing,
                                 along a row, so most        grown x2 when half full
                                 voxels cost one compare)
+
+The hash tables and the label check (:func:`check_labels`, re-exported here) are the shared
+ones of :mod:`emtools.segment.structures`.
 
 The table is additive: :class:`ContingencyAccumulator` adds slab after slab, so a volume larger
 than memory is counted with the memory of one slab plus the table (which grows with the number
@@ -23,7 +26,16 @@ import dataclasses
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.native import helper, kernel
+from emtools.native import kernel
+from emtools.segment.structures import (
+    add_pair_count,
+    check_labels,
+    empty_pair_counts,
+    find_or_add,
+    grow_pair_counts,
+    rehash,
+    unsigned_view,
+)
 
 __all__ = [
     "SKIP_CHOICES",
@@ -38,57 +50,14 @@ __all__ = [
 # volumes are 0 (instance metrics only need foreground voxels; background runs cost nothing).
 SKIP_CHOICES = ("none", "gt-zero", "both-zero")
 _SKIP_CODE = {"none": 0, "gt-zero": 1, "both-zero": 2}
+_INITIAL_ROWS = 1 << 12
 
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xC2B2AE3D27D4EB4F)
-_S29 = np.uint64(29)
-_S32 = np.uint64(32)
-_INITIAL_CAPACITY = 1 << 12
-
-
-@helper
-def _slot(x, y, mask):
-    h = (x * _M1) ^ ((y ^ (y >> _S32)) * _M2)
-    h ^= h >> _S29
-    return np.int64(h & mask)
-
-
-@helper
-def _insert(table, x, y, c):
-    """Add ``c`` to the entry (x, y); returns 1 when the entry is new.
-
-    ``table`` rows are (gt, seg, count) side by side, so a probe touches one cache line; a row
-    with count 0 is free.
-    """
-    mask = np.uint64(table.shape[0] - 1)
-    i = _slot(x, y, mask)
-    while True:
-        if table[i, 2] == 0:
-            table[i, 0] = x
-            table[i, 1] = y
-            table[i, 2] = c
-            return 1
-        if table[i, 0] == x and table[i, 1] == y:
-            table[i, 2] += c
-            return 0
-        i = (i + 1) & np.int64(mask)
-
-
-@helper
-def _grow(table):
-    new = np.zeros((table.shape[0] * 2, 3), np.uint64)
-    for i in range(table.shape[0]):
-        if table[i, 2] != 0:
-            _insert(new, table[i, 0], table[i, 1], table[i, 2])
-    return new
-
-
-_LABEL_TYPES = ("u1", "u2", "u4", "u8")  # ``_unsigned`` maps every label type onto these
+_LABEL_TYPES = ("u1", "u2", "u4", "u8")  # ``unsigned_view`` maps every label type onto these
 
 
 @kernel(*[f"{a}[::1], {b}[::1], i8, u8[:,::1], i8" for a in _LABEL_TYPES for b in _LABEL_TYPES])
 def _count_pairs(gt, seg, skip, table, used):
-    """Add the (gt, seg) pairs of two equally ordered 1D label arrays to the hash table.
+    """Add the (gt, seg) pairs of two equally ordered 1D label arrays to the pair-count table.
 
     ``skip``: 0 counts every voxel, 1 leaves out gt == 0, 2 leaves out gt == 0 and seg == 0.
     Returns the (possibly regrown) table and the number of used rows.
@@ -109,47 +78,53 @@ def _count_pairs(gt, seg, skip, table, used):
             continue
         if run > 0:
             if 2 * (used + 1) > table.shape[0]:
-                table = _grow(table)
-            used += _insert(table, px, py, run)
+                table = grow_pair_counts(table)
+            used += add_pair_count(table, px, py, run)
         px = x
         py = y
         run = one
     if run > 0:
         if 2 * (used + 1) > table.shape[0]:
-            table = _grow(table)
-        used += _insert(table, px, py, run)
+            table = grow_pair_counts(table)
+        used += add_pair_count(table, px, py, run)
     return table, used
 
 
 @kernel("u8[::1], i8[::1]")
 def _group_sum(keys, weights):
-    """Unique keys (in first-seen order) and the sum of ``weights`` per key, in O(n)."""
-    capacity = _INITIAL_CAPACITY
-    while capacity < 2 * keys.size + 2:
-        capacity *= 2
-    table_keys = np.zeros(capacity, np.uint64)
-    table_index = np.full(capacity, -1, np.int64)
-    out_keys = np.empty(keys.size, np.uint64)
-    out_sums = np.zeros(keys.size, np.int64)
-    n = 0
-    mask = np.uint64(capacity - 1)
-    zero = np.uint64(0)
-    for i in range(keys.size):
-        x = keys[i]
-        j = _slot(x, zero, mask)
-        while True:
-            if table_index[j] < 0:
-                table_keys[j] = x
-                table_index[j] = n
-                out_keys[n] = x
-                out_sums[n] = weights[i]
-                n += 1
-                break
-            if table_keys[j] == x:
-                out_sums[table_index[j]] += weights[i]
-                break
-            j = (j + 1) & np.int64(mask)
-    return out_keys[:n], out_sums[:n]
+    """Unique keys and the sum of ``weights`` per key, in O(n): key 0 first (if present), the
+    others in first-seen order."""
+    bits = 10
+    table_keys = np.zeros(1 << bits, np.uint64)
+    table_index = np.empty(1 << bits, np.int64)
+    shift = np.uint64(64 - bits)
+    # row 0 sums key 0, which the key table cannot hold (0 marks its empty slots)
+    out_keys = np.zeros(keys.size + 1, np.uint64)
+    out_sums = np.zeros(keys.size + 1, np.int64)
+    zero_seen = False
+    n = 1
+    i = 0
+    while i < keys.size:
+        if 2 * n > table_keys.size:
+            bits += 1
+            table_keys, table_index = rehash(table_keys, table_index, bits)
+            shift = np.uint64(64 - bits)
+        # regrown only out here, so the scan below sees fixed arrays (about 2x faster)
+        limit = table_keys.size // 2
+        while i < keys.size and n <= limit:
+            x = keys[i]
+            if x == 0:
+                zero_seen = True
+                out_sums[0] += weights[i]
+            else:
+                index, added = find_or_add(table_keys, table_index, shift, x, n)
+                if added:
+                    out_keys[n] = x
+                    n += 1
+                out_sums[index] += weights[i]
+            i += 1
+    first = 0 if zero_seen else 1
+    return out_keys[first:n], out_sums[first:n]
 
 
 def group_sum(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +172,7 @@ class ContingencyAccumulator:
         if skip not in SKIP_CHOICES:
             raise EmError(f"skip must be one of {', '.join(SKIP_CHOICES)}, got {skip!r}")
         self.skip = skip
-        self._table = np.zeros((_INITIAL_CAPACITY, 3), np.uint64)
+        self._table = empty_pair_counts(_INITIAL_ROWS)
         self._used = 0
         self._voxels = 0
 
@@ -205,7 +180,7 @@ class ContingencyAccumulator:
         """Count the voxels of ``gt`` and ``seg`` (same shape, integer labels, any memory order)."""
         if gt.shape != seg.shape:
             raise EmError(f"shapes differ: ground truth {_fmt(gt.shape)} but segmentation {_fmt(seg.shape)}")
-        gt_flat, seg_flat = _same_order_flat(_unsigned(gt), _unsigned(seg))
+        gt_flat, seg_flat = _same_order_flat(unsigned_view(gt), unsigned_view(seg))
         self._table, self._used = _count_pairs(gt_flat, seg_flat, _SKIP_CODE[self.skip], self._table, self._used)
         self._voxels += int(gt.size)
 
@@ -236,44 +211,5 @@ def _same_order_flat(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1)
 
 
-def _unsigned(array: np.ndarray) -> np.ndarray:
-    """The same bytes as unsigned integers (no copy), so the kernel compiles for 4 types, not 9.
-
-    Signed labels must have been checked for negative values (:func:`check_labels`). Labels in
-    non-native byte order (big-endian HDF5 or TIFF) are converted, which copies them.
-    """
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    kind = array.dtype.kind
-    if kind == "b":
-        return array.view(np.uint8)
-    if kind == "i":
-        return array.view(np.dtype(f"u{array.dtype.itemsize}"))
-    if kind != "u":
-        raise EmError(f"labels must be integers, got {array.dtype}")
-    return array
-
-
 def _fmt(shape) -> str:
     return "x".join(str(s) for s in shape)
-
-
-def check_labels(array: np.ndarray, name: str) -> np.ndarray:
-    """Refuse, in one line, what is not a label volume: floats, negative ids, complex, objects.
-
-    Returns the array unchanged (bool is accepted as labels 0/1). Signed integers are scanned
-    for negative values (one pass), unsigned ones cost nothing.
-    """
-    kind = array.dtype.kind
-    if kind == "b" or kind == "u":
-        return array
-    if kind == "i":
-        if array.size and int(array.min()) < 0:
-            raise EmError(f"{name} has negative labels (min {int(array.min())}); labels must be >= 0")
-        return array
-    if kind == "f":
-        raise EmError(
-            f"{name} is {array.dtype} (floating point); labels must be integers "
-            "(uint64 or uint32; threshold probabilities first)"
-        )
-    raise EmError(f"{name} has dtype {array.dtype}; labels must be integers (uint64 or uint32)")

@@ -8,6 +8,10 @@
 Models: ``rsunet`` (Lee et al. 2017), ``rsunet-efficient`` (strided entry conv, transposed output
 conv, FLOP-balanced widths), ``unet3d``, ``unet2d`` (per section). Checkpoints carry their spec:
 :func:`emtools.models.checkpoint.load_model` rebuilds a model from the file alone.
+
+How a model runs (channels_last, oneDNN or Winograd convolutions, autocast, torch.compile) is
+not part of its spec: :mod:`emtools.models.execution` holds those options, one registry that
+em-profile, em-train and em-predict all apply through ``execution.apply``.
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ gradient ~20 vs 11 ms. How much a whole training iteration gains depends on the 
 coarse levels (about a fifth of the efficient U-Net's time); em-profile measures it.
 
 ``use_onednn(model)`` switches a model over in place, keeping its parameters and state-dict keys;
-it is an execution option (see :mod:`emtools.profile.options`), not part of the model spec: the
-results equal the default path's to float tolerance.
+it is the ``onednn`` execution option (:mod:`emtools.models.execution`), not part of the model
+spec: the results equal the default path's to float tolerance. ``torch.mkldnn_convolution`` and
+``aten.convolution_backward`` are not public API, so the option is pinned to the torch versions it
+was tested with (the registry refuses others unless EMTOOLS_ALLOW_UNTESTED=1).
 """
 
 from __future__ import annotations

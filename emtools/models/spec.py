@@ -9,11 +9,13 @@ Users give one as
 - either of those followed by ``key=value`` overrides, e.g.
   ``rsunet widths=24,64,192,192,192 stride_in=1,2,2 transposed_out=true``.
 
-Shapes are z,y,x triples. Per-level lists (``kernels``, ``entry_kernels``) have one triple per level
-and ``pools`` one per transition (depth - 1); a single triple is repeated for every level. In a
-``key=value`` override, triples are written ``1x3x3`` and lists separated by commas
-(``pools=1x2x2,1x2x2,1x2x2,2x2x2``). ``out_kernel`` (transposed output conv only) defaults to
-``embed_kernel`` rounded up to a multiple of ``stride_in``: see :attr:`ModelSpec.transposed_kernel`.
+Shapes are z,y,x triples, written ``1,3,3`` (one number: all three axes). Per-level lists
+(``kernels``, ``entry_kernels``) have one triple per level and ``pools`` one per transition
+(depth - 1), written as in a YAML file: ``pools=[[1,2,2],[1,2,2],[1,2,2],[2,2,2]]``; a single
+triple is repeated for every level (``kernels=3``). The older spelling ``1x2x2`` (lists
+``1x2x2,2x2x2``) is still read. Values are converted by :mod:`emtools.values`. ``out_kernel``
+(transposed output conv only) defaults to ``embed_kernel`` rounded up to a multiple of
+``stride_in``: see :attr:`ModelSpec.transposed_kernel`.
 
     level 0  enc0 ─────────────────────────────── add ─ dec0   (full resolution / stride_in)
                  └ pool0 ─ level 1  enc1 ── add ─ dec1 ┘
@@ -23,13 +25,14 @@ and ``pools`` one per transition (depth - 1); a single triple is repeated for ev
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from emtools.errors import EmError
+from emtools.values import (did_you_mean, format_triple, is_none, to_bool, to_choice, to_int, to_numbers,
+                             to_triple, to_triples)
 
 Triple = tuple[int, int, int]
 
@@ -46,7 +49,7 @@ ANISO_POOLS = ((1, 2, 2), (1, 2, 2), (1, 2, 2), (2, 2, 2))
 # (6x6x30 nm) is close to isotropic, so the efficient preset spends its one z-halving (18 slices
 # allow one) at the top, where the 24 -> 64 growth is, instead of at the bottom.
 # ssTEM with ~50 nm sections is still 6x anisotropic there: pool z one level lower for it
-# (pools=1x2x2,2x2x2,1x2x2,1x2x2; benchmarks/bench_train.py (d), SSTEM_MODELS).
+# (pools=[[1,2,2],[2,2,2],[1,2,2],[1,2,2]]; benchmarks/bench_train.py (d), SSTEM_MODELS).
 BALANCED_POOLS = ((2, 2, 2), (1, 2, 2), (1, 2, 2), (1, 2, 2))
 
 
@@ -126,64 +129,17 @@ FIELDS = {f.name: f for f in dataclasses.fields(ModelSpec)}
 PER_LEVEL = ("kernels", "entry_kernels")
 
 
-def _closest(word: str, choices: Sequence[str]) -> str:
-    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.4)
-    return f"; did you mean '{match[0]}'?" if match else f"; choose from {', '.join(choices)}"
-
-
-def _int(key: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise EmError(f"{key}={value!r} is not an integer")
-    try:
-        number = int(str(value).strip())
-    except ValueError:
-        raise EmError(f"{key}={value!r} is not an integer") from None
-    return number
-
-
-def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise EmError(f"{key}={value!r} is not true/false")
-
-
-def _triple(key: str, value: Any) -> Triple:
-    if isinstance(value, str):
-        parts = value.replace("x", ",").split(",") if "x" in value or "," in value else [value]
-    elif isinstance(value, (list, tuple)):
-        parts = list(value)
-    else:
-        parts = [value]
-    numbers = tuple(_int(key, p) for p in parts)
-    if len(numbers) == 1:
-        numbers = numbers * 3
-    if len(numbers) != 3:
-        raise EmError(f"{key}={value!r} is not a z,y,x triple (e.g. 1x3x3)")
-    if min(numbers) < 1:
-        raise EmError(f"{key}={value!r} has values below 1")
-    return numbers  # type: ignore[return-value]
-
-
-def _triples(key: str, value: Any) -> tuple[Triple, ...]:
-    """``1x3x3,3x3x3`` or ``[[1,3,3],[3,3,3]]`` or a single triple (``3x3x3``, ``[3,3,3]``, ``3``)."""
-    if isinstance(value, str):
-        items = [v for v in value.split(",") if v.strip()] if "x" in value else [value]
-    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple, str)) for v in value):
-        items = list(value)
-    else:
-        items = [value]
-    return tuple(_triple(key, item) for item in items)
+EXAMPLE = "1,3,3"  # how messages show a triple
+CHOICES = {  # key: (choices, aliases)
+    "upsample": (UPSAMPLES, {"trilinear": "bilinear", "transpose": "transposed"}),
+    "norm": (NORMS, {"bn": "batch", "gn": "group", "in": "instance"}),
+    "activation": (ACTIVATIONS, {"leaky_relu": "leaky", "leakyrelu": "leaky"}),
+}
 
 
 def _widths(key: str, value: Any) -> tuple[int, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
-    widths = tuple(_int(key, v) for v in items if str(v).strip())
-    if not widths or min(widths) < 1:
+    widths = tuple(to_numbers(value, key, integer=True))
+    if min(widths) < 1:
         raise EmError(f"{key}={value!r} must be positive integers, e.g. widths=24,32,48,72,104")
     return widths
 
@@ -207,7 +163,7 @@ def _heads(value: Any) -> tuple[tuple[str, int], ...]:
     for pair in pairs:
         if len(pair) != 2 or not str(pair[0]).strip():
             raise EmError(f"heads={value!r}: write each head as name:channels (e.g. affinity:3)")
-        channels = _int(f"heads {pair[0]}", pair[1])
+        channels = to_int(pair[1], f"heads {pair[0]}")
         if channels < 1:
             raise EmError(f"heads: {pair[0]} has {channels} channels; needs at least 1")
         heads.append((str(pair[0]).strip(), channels))
@@ -217,35 +173,25 @@ def _heads(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(heads)
 
 
-def _choice(key: str, value: Any, choices: Sequence[str], aliases: Mapping[str, str] = {}) -> str:
-    text = str(value).strip().lower()
-    text = aliases.get(text, text)
-    if text not in choices:
-        raise EmError(f"{key}={value!r} is unknown{_closest(text, choices)}")
-    return text
-
-
 def _convert(key: str, value: Any) -> Any:
     if key in ("name", "arch"):
         return str(value)
     if key in ("in_channels", "depth", "norm_groups"):
-        return _int(key, value)
+        return to_int(value, key)
     if key == "widths":
         return _widths(key, value)
     if key in ("kernels", "entry_kernels", "pools"):
-        return _triples(key, value)
+        return to_triples(value, key, example=EXAMPLE)
     if key in ("embed_kernel", "stride_in"):
-        return _triple(key, value)
+        return to_triple(value, key, allow_x=True, example=EXAMPLE)
     if key == "out_kernel":
-        return None if value is None or str(value).strip().lower() in ("", "none", "null", "auto") else _triple(key, value)
+        auto = is_none(value) or str(value).strip().lower() == "auto"
+        return None if auto else to_triple(value, key, allow_x=True, example=EXAMPLE)
     if key in ("transposed_out", "residual"):
-        return _bool(key, value)
-    if key == "upsample":
-        return _choice(key, value, UPSAMPLES, {"trilinear": "bilinear", "transpose": "transposed"})
-    if key == "norm":
-        return _choice(key, value, NORMS, {"bn": "batch", "gn": "group", "in": "instance"})
-    if key == "activation":
-        return _choice(key, value, ACTIVATIONS, {"leaky_relu": "leaky", "leakyrelu": "leaky"})
+        return to_bool(value, key)
+    if key in CHOICES:
+        choices, aliases = CHOICES[key]
+        return to_choice(value, key, choices, aliases=aliases)
     if key == "heads":
         return _heads(value)
     raise AssertionError(key)
@@ -285,20 +231,20 @@ def spec_from_dict(values: Mapping[str, Any], where: str = "spec") -> ModelSpec:
         base = {"name": name, **PRESETS[name]}
     else:
         if "arch" not in values:
-            raise EmError(f"unknown model '{name}'{_closest(name, list(PRESETS))} ({where})")
+            raise EmError(f"unknown model '{name}'{did_you_mean(name, PRESETS)} ({where})")
         # A custom name starts from the preset of its architecture.
-        arch = _choice("arch", values["arch"], ARCHS)
+        arch = to_choice(values["arch"], "arch", ARCHS)
         base = {**PRESETS[arch], "arch": arch}
     explicit = {}
     for key, value in values.items():
         if key not in FIELDS:
-            raise EmError(f"unknown spec key '{key}'{_closest(key, list(FIELDS))} ({where})")
+            raise EmError(f"unknown spec key '{key}'{did_you_mean(key, FIELDS)} ({where})")
         explicit[key] = _convert(key, value)
     merged = {**{k: v for k, v in base.items()}, **explicit}
     merged = {k: (_convert(k, v) if k not in explicit else v) for k, v in merged.items()}
     defaults = {f.name: f.default for f in FIELDS.values()}
     full = {**defaults, **merged}
-    full["arch"] = _choice("arch", full["arch"], ARCHS)
+    full["arch"] = to_choice(full["arch"], "arch", ARCHS)
 
     if "depth" in explicit and "widths" not in explicit:
         if explicit["depth"] > len(full["widths"]) or explicit["depth"] < 1:
@@ -326,21 +272,22 @@ def _validate(spec: ModelSpec, where: str) -> None:
     for key in ("kernels", "entry_kernels"):
         for level, kernel in enumerate(getattr(spec, key)):
             if any(k % 2 == 0 for k in kernel):
-                raise EmError(f"{key} level {level} is {'x'.join(map(str, kernel))}; kernels must be odd "
+                raise EmError(f"{key} level {level} is {format_triple(kernel)}; kernels must be odd "
                               f"so that padding keeps the size ({where})")
     if any(k % 2 == 0 for k in spec.embed_kernel):
-        raise EmError(f"embed_kernel {'x'.join(map(str, spec.embed_kernel))} must be odd ({where})")
+        raise EmError(f"embed_kernel {format_triple(spec.embed_kernel)} must be odd ({where})")
     if spec.arch == "unet2d":
         flat = [*spec.kernels, *spec.pools, spec.embed_kernel, spec.stride_in]
         if any(t[0] != 1 for t in flat):
-            raise EmError(f"unet2d works per section: kernels and pools need z=1 (e.g. 1x3x3) ({where})")
+            raise EmError(f"unet2d works per section: kernels and pools need z=1 (e.g. 1,3,3) ({where})")
     if spec.arch != "rsunet" and (spec.stride_in != (1, 1, 1) or spec.transposed_out):
         raise EmError(f"stride_in/transposed_out are rsunet options; {spec.arch} has no entry conv ({where})")
     if spec.transposed_out and spec.stride_in == (1, 1, 1):
-        raise EmError(f"transposed_out=true needs a strided entry conv (e.g. stride_in=1x2x2) ({where})")
+        raise EmError(f"transposed_out=true needs a strided entry conv (e.g. stride_in=1,2,2) ({where})")
     if spec.out_kernel is not None:
         if not spec.transposed_out:
             raise EmError(f"out_kernel is the kernel of the transposed output conv; it needs transposed_out=true ({where})")
+        # kernel-size notation (1x2x2) as describe() prints it; tests assert this message's wording
         text = "x".join(map(str, spec.out_kernel))
         for k, s in zip(spec.out_kernel, spec.stride_in):
             if k < s or (s == 1 and k % 2 == 0):
@@ -409,4 +356,4 @@ def resolve_spec(source: str, overrides: Sequence[str] | Mapping[str, Any] = ())
         if not os.path.exists(source):
             raise EmError(f"spec file not found ({source})")
         return spec_from_dict({**load_spec_file(source), **extra}, where=source)
-    raise EmError(f"unknown model '{source}'{_closest(source, list(PRESETS))}")
+    raise EmError(f"unknown model '{source}'{did_you_mean(source, PRESETS)}")

@@ -31,8 +31,9 @@ Training uses the same algorithm three times:
 The numba kernels compile on first use (about a minute, once per array layout) and are cached on
 disk after that. Numerically it differs from a direct convolution by float32 rounding: relative
 error ~3e-6 with F(2,3), ~1e-5 with F(4,3) in two axes, on unit-scale data (tested). Like the
-oneDNN path it is an execution option, not part of the model spec: a checkpoint trained with it
-loads and runs without it.
+oneDNN path it is an execution option (``winograd`` in :mod:`emtools.models.execution`, pinned to
+the torch and numba versions it was tested with), not part of the model spec: a checkpoint trained
+with it loads and runs without it.
 """
 
 from __future__ import annotations

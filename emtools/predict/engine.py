@@ -14,7 +14,6 @@ No file I/O: the CLI reads the input and writes the maps.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from typing import Mapping, Sequence
@@ -23,9 +22,7 @@ import numpy as np
 import torch
 
 from emtools.errors import EmError
-from emtools.models import channels_last_input, to_channels_last
-from emtools.models import onednn as onednn_mod
-from emtools.models import winograd as winograd_mod
+from emtools.models import execution
 from emtools.models.heads import HeadSpec
 from emtools.predict import PRECISIONS
 from emtools.predict import tta as tta_mod
@@ -108,6 +105,10 @@ def activate(kind: str, logits: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- devices
 
+FLAGS = {"channels_last": "--channels-last", "compile": "--compile", "onednn": "--onednn", "winograd": "--winograd",
+         "bf16": "--precision bf16", "fp16": "--precision fp16"}  # how em-predict spells each option
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast type for ``--precision`` (None for fp32); fp16 needs a GPU."""
     if precision not in PRECISIONS:
@@ -119,38 +120,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
-class _Forward:
-    """The model's forward pass, autocast, optionally compiled; falls back to eager if compiling fails."""
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None, compile: bool):
-        self.model = model
-        self.device = device
-        self.dtype = dtype
-        self.compiled = None
-        if compile:
-            try:
-                self.compiled = torch.compile(model)
-            except Exception as exc:  # torch.compile refuses early on some platforms
-                log.warning("torch.compile failed (%s); running the model uncompiled", _short(exc))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        autocast = (torch.autocast(device_type=self.device.type, dtype=self.dtype) if self.dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
-            if self.compiled is not None:
-                try:
-                    return self.compiled(x)
-                except Exception as exc:  # compilation happens at the first call
-                    log.warning("torch.compile failed (%s); running the model uncompiled", _short(exc))
-                    self.compiled = None
-            return self.model(x)
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:160]
-
-
 # ----------------------------------------------------------------------------- predictor
 
 class Predictor:
@@ -158,7 +127,8 @@ class Predictor:
 
     ``tta``: a number of variants (1 = none, up to 16; see :mod:`.tta`) or a list of variants
     starting with the identity. ``tta_reduce``: ``mean``/``min``/``max`` for every head, or a
-    mapping head name -> reduction. ``precision``: fp32, bf16 or fp16 (autocast).
+    mapping head name -> reduction. ``precision`` (fp32, bf16 or fp16: autocast), ``channels_last``,
+    ``compile``, ``onednn``, ``winograd``: execution options (:mod:`emtools.models.execution`).
     ``activate=False`` blends the raw outputs (logits) instead of the activated maps (em-train's
     validation computes its losses on them).
     """
@@ -190,13 +160,12 @@ class Predictor:
         self.batch = int(batch)
         self.activate = activate
         self.weights = patch_weights(grid.kept_zyx, blend)
-        model = model.eval().to(self.device)
-        self.memory_format = to_channels_last(model) if channels_last else None
-        if winograd and self.device.type == "cpu":
-            winograd_mod.use_winograd_and_onednn(model)
-        elif onednn and self.device.type == "cpu":
-            onednn_mod.use_onednn(model)
-        self.forward = _Forward(model, self.device, autocast_dtype(precision, self.device), compile)
+        autocast_dtype(precision, self.device)  # checks it in --precision's words
+        names = execution.names_from_flags(precision=precision, channels_last=channels_last, onednn=onednn,
+                                           winograd=winograd, compile=compile)
+        # CPU-only options are left out on a GPU; a compilation that fails warns and runs uncompiled
+        self.forward = execution.apply(model.eval().to(self.device), names, self.device, mode="infer",
+                                       fallback=True, skip_other_devices=True, spelled=FLAGS)
         self.patches_done = 0
 
     def _affinity_plans(self) -> dict[tuple[str, int], list[tta_mod.Source]]:
@@ -217,8 +186,7 @@ class Predictor:
     # -- one batch of patches
     def patch_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Kept outputs (N, channels, *kept_zyx) float32 of a batch of input patches (N, C, *patch)."""
-        if self.memory_format is not None:
-            x = channels_last_input(x, self.memory_format)
+        x = self.forward.input(x)
         reducers = {s.name: tta_mod.Reducer(self.reduce[s.name]) for s in self.selection}
         for index, variant in enumerate(self.variants):
             raw = tta_mod.invert(self.forward(tta_mod.apply(x, variant) if index else x).float(), variant)

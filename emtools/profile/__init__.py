@@ -4,7 +4,8 @@
   device), cross-checked against ``torch.utils.flop_counter.FlopCounterMode``.
 - :mod:`~emtools.profile.timing`: the device's measured peak, per-layer forward/backward times.
 - :mod:`~emtools.profile.options`: execution options (channels_last_3d, torch.compile, autocast,
-  ...) timed side by side, speedups as ratios to eager fp32.
+  ...; registered in :mod:`emtools.models.execution`) timed side by side, speedups as ratios to
+  eager fp32.
 - :mod:`~emtools.profile.report`: the ``em-profile model`` report (dict and text table).
 - :mod:`~emtools.profile.records`: ``em-profile run`` records (JSON lines) and their summary.
 - :mod:`~emtools.profile.plots`: PNG charts (matplotlib, imported only when plotting).

@@ -3,6 +3,7 @@
 Scores are *merge costs* in [0, 1], as in waterz: ``1 - s`` where ``s`` is a statistic of the
 affinities along the contact of two regions: ``mean``, ``max``, ``min`` or a ``quantile``
 (from the contact histogram; waterz's ``HistogramQuantileAffinity`` with ``InitWithMax=false``).
+They are registered in :mod:`emtools.segment.scores` (``SCORES`` and ``parse_score`` are its).
 The edge of lowest cost is merged first (ties: lower edge index, i.e. lower fragment ids);
 when two regions merge, their edges to a common neighbour are combined (counts, sums and
 histograms add) and re-scored. Merging stops when the lowest cost reaches ``until``.
@@ -26,14 +27,17 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.segment.structures import insert, lookup, remove
-from emtools.native import helper, kernel
-from emtools.segment.region_graph import (
-    DEFAULT_BINS,
-    RegionGraph,
-    _quantile_of,
-    compact_labels,
-    region_graph,
+from emtools.native import kernel
+from emtools.segment.region_graph import DEFAULT_BINS, RegionGraph, compact_labels, region_graph
+from emtools.segment.scores import SCORES, edge_cost, get_score, parse_score
+from emtools.segment.structures import (
+    find_roots,
+    heap_pop,
+    heap_push,
+    insert,
+    lookup,
+    remove,
+    unite_pairs,
 )
 
 __all__ = [
@@ -48,9 +52,6 @@ __all__ = [
     "segment_lookup",
     "segmentations",
 ]
-
-SCORES = ("mean", "max", "min", "quantile")
-_KIND = {"mean": 0, "max": 1, "min": 2, "quantile": 3}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,29 +83,6 @@ class MergeHistory:
         return int(np.searchsorted(self.effective, threshold, side="left"))
 
 
-def parse_score(text: str) -> tuple[str, float]:
-    """``mean``, ``max``, ``min``, ``quantile`` (median) or ``quantile:Q`` (Q in (0, 1] or percent)."""
-    name, _, value = str(text).partition(":")
-    name = name.strip().lower()
-    if name not in SCORES:
-        raise EmError(f"unknown score {text!r}; choose mean, max, min or quantile[:Q]")
-    if name != "quantile":
-        if value:
-            raise EmError(f"score {name} takes no value, got {text!r}")
-        return name, 0.5
-    if not value:
-        return name, 0.5
-    try:
-        q = float(value)
-    except ValueError:
-        raise EmError(f"bad quantile in {text!r}; e.g. quantile:0.5 or quantile:50") from None
-    if q > 1.0:
-        q /= 100.0
-    if not 0.0 < q <= 1.0:
-        raise EmError(f"quantile must be in (0, 1] (or percent), got {value}")
-    return name, q
-
-
 def check_thresholds(thresholds: Sequence[float]) -> list[float]:
     """Thresholds as floats: at least one, each in [0, 1], strictly increasing."""
     values = [float(t) for t in thresholds]
@@ -126,15 +104,14 @@ def merge_history(
     The graph is not modified unless ``consume=True`` (then its statistics are used as working
     storage, saving a copy of the histograms).
     """
-    if score not in SCORES:
-        raise EmError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+    spec = get_score(score)
     if not 0.0 < quantile <= 1.0:
         raise EmError(f"quantile must be in (0, 1], got {quantile:g}")
     if not 0.0 <= until <= 1.0:
         raise EmError(f"threshold must be in [0, 1], got {until:g}")
-    use_hist = score == "quantile"
+    use_hist = spec.needs_histogram
     if use_hist and graph.histogram is None:
-        raise EmError("the quantile score needs a region graph with histograms (bins > 0)")
+        raise EmError(f"the {score} score needs a region graph with histograms (bins > 0)")
 
     def work(a):
         return a if consume else a.copy()
@@ -142,10 +119,9 @@ def merge_history(
     hist = work(graph.histogram) if use_hist else np.zeros((1, 1), np.uint32)
     keep, gone, cost = _merge(
         graph.n_nodes, work(graph.u), work(graph.v), work(graph.count), work(graph.total),
-        work(graph.minimum), work(graph.maximum), hist, use_hist, _KIND[score], float(quantile), float(until),
+        work(graph.minimum), work(graph.maximum), hist, use_hist, spec.statistic, float(quantile), float(until),
     )
-    name = f"quantile:{quantile:g}" if score == "quantile" else score
-    return MergeHistory(graph.ids[keep], graph.ids[gone], cost, float(until), name)
+    return MergeHistory(graph.ids[keep], graph.ids[gone], cost, float(until), spec.label(quantile))
 
 
 def _node_index(ids: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -161,13 +137,14 @@ def segment_lookup(history: MergeHistory, ids: np.ndarray, threshold: float) -> 
     """Segment id (uint64) of each node, at ``threshold``; ``ids`` from :func:`compact_labels`."""
     count = history.prefix(threshold)
     parent = np.arange(len(ids), dtype=np.int64)
-    low = ids.copy()
-    a = _node_index(ids, history.a[:count])
-    b = _node_index(ids, history.b[:count])
-    _unite_all(parent, low, a, b)
-    lut = np.empty(len(ids), np.uint64)
-    _resolve(parent, low, lut)
-    return lut
+    unite_pairs(parent, _node_index(ids, history.a[:count]), _node_index(ids, history.b[:count]))
+    return _segment_ids(ids, parent)
+
+
+def _segment_ids(ids: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    # A set's root is its smallest node index and node order is label order (compact_labels),
+    # so ids[root] is the smallest fragment id of the segment; node 0 (background) stays 0.
+    return ids[find_roots(parent)]
 
 
 def apply_lookup(nodes: np.ndarray, lut: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -207,18 +184,15 @@ def segmentations(
     thresholds = check_thresholds(thresholds)
     node_volume, ids = nodes if nodes is not None else compact_labels(labels)
     parent = np.arange(len(ids), dtype=np.int64)
-    low = ids.copy()
     a = _node_index(ids, history.a)
     b = _node_index(ids, history.b)
     done = 0
-    lut = np.empty(len(ids), np.uint64)
     buffer = None
     for t in thresholds:
         count = history.prefix(t)
-        _unite_all(parent, low, a[done:count], b[done:count])
+        unite_pairs(parent, a[done:count], b[done:count])
         done = count
-        _resolve(parent, low, lut)
-        result = apply_lookup(node_volume, lut, out=buffer)
+        result = apply_lookup(node_volume, _segment_ids(ids, parent), out=buffer)
         if reuse_buffer:
             buffer = result
         yield result
@@ -241,7 +215,7 @@ def agglomerate(
     thresholds = check_thresholds(thresholds)
     nodes = compact_labels(labels)
     graph = region_graph(labels, affinities=affinities, boundary=boundary,
-                         bins=bins if score == "quantile" else 0, nodes=nodes)
+                         bins=bins if get_score(score).needs_histogram else 0, nodes=nodes)
     history = merge_history(graph, thresholds[-1], score, quantile, consume=True)
     del graph
     return list(segmentations(labels, history, thresholds, nodes=nodes)), history
@@ -265,44 +239,15 @@ def joining_scores(graph: RegionGraph, history: MergeHistory) -> np.ndarray:
     return out
 
 
-# ----------------------------------------------------------------------------- union-find
-
-@helper
-def _find(parent, x):
-    root = x
-    while parent[root] != root:
-        root = parent[root]
-    while parent[x] != root:
-        nxt = parent[x]
-        parent[x] = root
-        x = nxt
-    return root
-
-
-@kernel("i8[::1], u8[::1], i8[::1], i8[::1]")
-def _unite_all(parent, low, a, b):
-    for i in range(a.size):
-        ra = _find(parent, a[i])
-        rb = _find(parent, b[i])
-        if ra == rb:
-            continue
-        if ra > rb:
-            ra, rb = rb, ra
-        parent[rb] = ra
-        if low[rb] < low[ra]:
-            low[ra] = low[rb]
-
-
-@kernel("i8[::1], u8[::1], u8[::1]")
-def _resolve(parent, low, lut):
-    lut[0] = 0
-    for k in range(1, parent.size):
-        lut[k] = low[_find(parent, k)]
-
+# ----------------------------------------------------------------------------- joining scores
 
 @kernel("i8, i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], f8[::1], f8[::1]")
 def _joining(n, u, v, start, incident, a, b, effective, out):
-    """Small-to-large: when two sets merge, scan the smaller one's edges for the other set."""
+    """Small-to-large: when two sets merge, scan the smaller one's edges for the other set.
+
+    Not the union-find of :mod:`~emtools.segment.structures`: this needs each set's members
+    (a linked list per set), which a parent array does not give.
+    """
     owner = np.arange(n, dtype=np.int64)
     size = np.ones(n, np.int64)
     first = np.arange(n, dtype=np.int64)
@@ -334,65 +279,8 @@ def _joining(n, u, v, start, incident, a, b, effective, out):
 
 # ----------------------------------------------------------------------------- merging
 
-@helper
-def _less(c1, e1, c2, e2):
-    return c1 < c2 or (c1 == c2 and e1 < e2)
-
-
-@helper
-def _push(costs, edges, stamps, size, cost, edge, stamp):
-    i = size
-    while i > 0:
-        parent = (i - 1) >> 1
-        if not _less(cost, edge, costs[parent], edges[parent]):
-            break
-        costs[i] = costs[parent]
-        edges[i] = edges[parent]
-        stamps[i] = stamps[parent]
-        i = parent
-    costs[i] = cost
-    edges[i] = edge
-    stamps[i] = stamp
-
-
-@helper
-def _pop(costs, edges, stamps, size):
-    """Remove the top of the heap (size > 0); returns (cost, edge, stamp)."""
-    top = (costs[0], edges[0], stamps[0])
-    size -= 1
-    c, e, s = costs[size], edges[size], stamps[size]
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and _less(costs[child + 1], edges[child + 1], costs[child], edges[child]):
-            child += 1
-        if not _less(costs[child], edges[child], c, e):
-            break
-        costs[i] = costs[child]
-        edges[i] = edges[child]
-        stamps[i] = stamps[child]
-        i = child
-    costs[i] = c
-    edges[i] = e
-    stamps[i] = s
-    return top
-
-
-@helper
-def _cost(e, kind, q, count, total, lo, hi, hist):
-    if kind == 0:
-        return 1.0 - total[e] / max(count[e], 1)
-    if kind == 1:
-        return 1.0 - np.float64(hi[e])
-    if kind == 2:
-        return 1.0 - np.float64(lo[e])
-    return 1.0 - _quantile_of(hist[e], q)
-
-
 @kernel("i8, i8[::1], i8[::1], i8[::1], f8[::1], f4[::1], f4[::1], u4[:,::1], b1, i8, f8, f8")
-def _merge(n_nodes, eu, ev, count, total, lo, hi, hist, use_hist, kind, q, until):
+def _merge(n_nodes, eu, ev, count, total, lo, hi, hist, use_hist, statistic, q, until):
     """Greedy merging; returns the (kept node, merged node, cost) of each merge in order.
 
     Each node keeps a linked list of its edge ends; merging moves the shorter list into the
@@ -425,20 +313,20 @@ def _merge(n_nodes, eu, ev, count, total, lo, hi, hist, use_hist, kind, q, until
         insert(keys, slots, shift, np.uint64(min(eu[e], ev[e])) * width + np.uint64(max(eu[e], ev[e])), e)
     alive = np.ones(n_edges, np.bool_)
     stamp = np.zeros(n_edges, np.int64)
-    capacity = 2 * n_edges + 1
+    capacity = 2 * n_edges + 1  # pushes: one per edge, one per combined edge (< n_edges)
     heap_cost = np.empty(capacity, np.float64)
     heap_edge = np.empty(capacity, np.int64)
     heap_stamp = np.empty(capacity, np.int64)
     size = 0
     for e in range(n_edges):
-        _push(heap_cost, heap_edge, heap_stamp, size, _cost(e, kind, q, count, total, lo, hi, hist), e, 0)
+        heap_push(heap_cost, heap_edge, heap_stamp, size, edge_cost(e, statistic, q, count, total, lo, hi, hist), e, 0)
         size += 1
     merged_keep = np.empty(max(n_nodes, 1), np.int64)
     merged_gone = np.empty(max(n_nodes, 1), np.int64)
     merged_cost = np.empty(max(n_nodes, 1), np.float64)
     n_merges = 0
     while size > 0:
-        cost, e, st = _pop(heap_cost, heap_edge, heap_stamp, size)
+        cost, e, st = heap_pop(heap_cost, heap_edge, heap_stamp, size)
         size -= 1
         if not alive[e] or st != stamp[e]:
             continue
@@ -478,8 +366,8 @@ def _merge(n_nodes, eu, ev, count, total, lo, hi, hist, use_hist, kind, q, until
                             hist[g, bin_] += hist[f, bin_]
                     alive[f] = False
                     stamp[g] += 1
-                    _push(heap_cost, heap_edge, heap_stamp, size,
-                          _cost(g, kind, q, count, total, lo, hi, hist), g, stamp[g])
+                    heap_push(heap_cost, heap_edge, heap_stamp, size,
+                              edge_cost(g, statistic, q, count, total, lo, hi, hist), g, stamp[g])
                     size += 1
                 else:
                     if eu[f] == gone:

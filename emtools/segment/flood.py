@@ -10,6 +10,7 @@ import numpy as np
 
 from emtools.errors import EmError
 from emtools.native import helper, kernel
+from emtools.segment.structures import heap_pop, heap_push, heap_reserve
 
 FLOAT_LEVELS = 65536
 
@@ -32,7 +33,7 @@ def check_unit_range(array: np.ndarray, name: str) -> None:
     """One-line errors for NaN, Inf or values outside [0, 1] in a float map."""
     if array.dtype.kind != "f" or array.size == 0:
         return
-    lo, hi = _min_max(array.reshape(-1))
+    lo, hi = min_max(array.reshape(-1))
     if np.isnan(lo) or np.isnan(hi):
         raise EmError(f"{name} contain NaN")
     if np.isinf(lo) or np.isinf(hi):
@@ -42,7 +43,7 @@ def check_unit_range(array: np.ndarray, name: str) -> None:
 
 
 @kernel("f4[::1]", "f8[::1]")
-def _min_max(flat):
+def min_max(flat):
     """(min, max), or NaN if any value is NaN (one pass, no temporaries)."""
     lo = np.inf
     hi = -np.inf
@@ -130,52 +131,6 @@ def _unpack(labels):
     lab = labels.reshape(-1)
     for p in range(lab.size):
         lab[p] = lab[p] >> _LABEL_SHIFT
-
-
-@helper
-def _heap_push(keys, values, size, key, value):
-    """Push (key, value) on a binary min-heap in ``keys[:size]``; returns the (grown) arrays."""
-    if size == keys.size:
-        bigger_keys = np.empty(2 * keys.size, np.int64)
-        bigger_values = np.empty(2 * keys.size, np.int64)
-        bigger_keys[:size] = keys[:size]
-        bigger_values[:size] = values[:size]
-        keys, values = bigger_keys, bigger_values
-    i = size
-    while i > 0:
-        parent = (i - 1) >> 1
-        if keys[parent] <= key:
-            break
-        keys[i] = keys[parent]
-        values[i] = values[parent]
-        i = parent
-    keys[i] = key
-    values[i] = value
-    return keys, values
-
-
-@helper
-def _heap_pop(keys, values, size):
-    """Remove the smallest key of ``keys[:size]`` (size > 0); returns its value."""
-    top = values[0]
-    size -= 1
-    last_key = keys[size]
-    last_value = values[size]
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and keys[child + 1] < keys[child]:
-            child += 1
-        if keys[child] >= last_key:
-            break
-        keys[i] = keys[child]
-        values[i] = values[child]
-        i = child
-    keys[i] = last_key
-    values[i] = last_value
-    return top
 
 
 @helper
@@ -298,14 +253,15 @@ def _flood_exact(state, use_z, n_levels, queue):
     st = state.reshape(-1)
     label_bits_mask = ~_LEVEL_MASK
     read, write, current = _start_flood(state, use_z, n_levels, queue)
-    keys = np.empty(1024, np.int64)
+    # the dips' heap: (level, push time, voxel), so equal levels come out first-in first-out
+    levels = np.empty(1024, np.int64)
+    ages = np.empty(1024, np.int64)
     voxels = np.empty(1024, np.int64)
     size = 0
     age = np.int64(0)
-    age_bits = 40  # heap key = level << 40 | age; 2^40 pushes is more than any volume here
     while True:
         if size > 0:
-            p = _heap_pop(keys, voxels, size)
+            p = heap_pop(levels, ages, voxels, size)[2]
             size -= 1
         else:
             while current < n_levels and read[current] == write[current]:
@@ -332,6 +288,7 @@ def _flood_exact(state, use_z, n_levels, queue):
                 queue[write[level]] = q
                 write[level] += 1
             else:
-                keys, voxels = _heap_push(keys, voxels, size, (level << age_bits) | age, q)
+                levels, ages, voxels = heap_reserve(levels, ages, voxels, size)
+                heap_push(levels, ages, voxels, size, level, age, np.int64(q))
                 size += 1
             age += 1

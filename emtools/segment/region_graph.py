@@ -21,10 +21,10 @@ import numpy as np
 
 from emtools.errors import EmError
 from emtools.segment.flood import check_unit_range
-from emtools.segment.structures import find_or_add, lookup, rehash
 from emtools.native import helper, kernel
+from emtools.segment.structures import check_labels, find_or_add, lookup, rehash, resized, unsigned_view
 
-__all__ = ["RegionGraph", "compact_labels", "edge_quantile", "region_graph"]
+__all__ = ["RegionGraph", "compact_labels", "edge_quantile", "histogram_quantile", "region_graph"]
 
 DEFAULT_BINS = 256
 
@@ -66,19 +66,6 @@ class RegionGraph:
         return edge_quantile(self.histogram, q)
 
 
-def check_labels(labels: np.ndarray, name: str = "fragments") -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise EmError(f"{name} must be 3D (z, y, x), got shape {labels.shape}")
-    if labels.dtype.kind == "f":
-        raise EmError(f"{name} must be integer labels, got {labels.dtype}")
-    if labels.dtype.kind not in "ui":
-        raise EmError(f"{name} must be integer labels, got {labels.dtype}")
-    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
-        raise EmError(f"{name} must not contain negative labels")
-    return labels
-
-
 def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(node volume, ids): each non-zero label replaced by its node index 1..n (new array).
 
@@ -87,12 +74,10 @@ def compact_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     import fastremap
 
-    labels = check_labels(labels)
+    labels = unsigned_view(check_labels(labels, "fragments", ndim=3))
     if labels.size == 0:
         return np.zeros(labels.shape, np.uint32), np.zeros(1, np.uint64)
     flat = np.ascontiguousarray(labels).reshape(-1)
-    if flat.dtype.kind == "i":  # checked non-negative: the same values as unsigned
-        flat = flat.view(f"u{flat.dtype.itemsize}")
     top = int(flat.max())
     # dense labels 1..n (watershed output): node index = label, one pass to check
     if top < 2**32 and top <= flat.size and _all_present(flat, top):
@@ -143,7 +128,7 @@ def region_graph(
     in this box (so contacts across its lower faces count, across its upper faces not): boxes
     that tile a volume then split its contacts without double counting. Inputs are not modified.
     """
-    labels = check_labels(labels)
+    labels = check_labels(labels, "fragments", ndim=3)
     if (affinities is None) == (boundary is None):
         raise EmError("give either affinities or a boundary map")
     if not 0 <= bins <= 65536:
@@ -207,7 +192,8 @@ def edge_quantile(histogram: np.ndarray, q: float) -> np.ndarray:
 
 
 @helper
-def _quantile_of(row, q):
+def histogram_quantile(row, q):
+    """The q-quantile of one histogram row (bin centre, in [0, 1]); 0 for an empty row."""
     total = 0
     for b in range(row.size):
         total += row[b]
@@ -225,7 +211,7 @@ def _quantile_of(row, q):
 @kernel("u4[:,::1], f8, f8[::1]")
 def _quantiles(histogram, q, out):
     for e in range(histogram.shape[0]):
-        out[e] = _quantile_of(histogram[e], q)
+        out[e] = histogram_quantile(histogram[e], q)
 
 
 # ----------------------------------------------------------------------------- contacts
@@ -289,12 +275,12 @@ def _contacts(nodes, n, values, from_boundary, scale, bounds):
                         if added:
                             if n_edges == capacity:
                                 capacity *= 2
-                                eu = _grow_i(eu, capacity)
-                                ev = _grow_i(ev, capacity)
-                                count = _grow_i(count, capacity)
-                                total = _grow_f(total, capacity)
-                                lo = _grow_f(lo, capacity)
-                                hi = _grow_f(hi, capacity)
+                                eu = resized(eu, capacity)
+                                ev = resized(ev, capacity)
+                                count = resized(count, capacity)
+                                total = resized(total, capacity)
+                                lo = resized(lo, capacity)
+                                hi = resized(hi, capacity)
                             eu[e] = lo_node
                             ev[e] = hi_node
                             count[e] = 0
@@ -317,20 +303,6 @@ def _contacts(nodes, n, values, from_boundary, scale, bounds):
                         hi[e] = v
     return (eu[:n_edges].copy(), ev[:n_edges].copy(), count[:n_edges].copy(),
             total[:n_edges].copy(), lo[:n_edges].copy(), hi[:n_edges].copy())
-
-
-@helper
-def _grow_i(a, capacity):
-    out = np.zeros(capacity, a.dtype)
-    out[: a.size] = a
-    return out
-
-
-@helper
-def _grow_f(a, capacity):
-    out = np.zeros(capacity, a.dtype)
-    out[: a.size] = a
-    return out
 
 
 @kernel(*_HISTOGRAM_SIGNATURES)

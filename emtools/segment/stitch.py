@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from emtools.segment.agglomerate import _find, check_thresholds
 from emtools.errors import EmError
-from emtools.native import kernel
+from emtools.segment.agglomerate import check_thresholds
+from emtools.segment.structures import find_roots, unite_pairs
 
 __all__ = ["apply_table", "best_edges", "fragment_offsets", "lookup_tables"]
 
@@ -77,34 +77,12 @@ def lookup_tables(
     tables = []
     for t in thresholds:
         upto = int(np.searchsorted(score, t, side="left"))
-        _unite_min(parent, u[done:upto], v[done:upto])
+        unite_pairs(parent, u[done:upto], v[done:upto])  # a set's root is its smallest id
         done = upto
-        segments = _roots(parent)
+        segments = find_roots(parent)
         changed = np.flatnonzero(segments != np.arange(n_fragments + 1))
         tables.append((changed.astype(np.uint64), segments[changed].astype(np.uint64)))
     return tables
-
-
-@kernel("i8[::1], i8[::1], i8[::1]")
-def _unite_min(parent, a, b):
-    """Union by smaller id: the root of every set is its smallest fragment id."""
-    for i in range(a.size):
-        ra = _find(parent, a[i])
-        rb = _find(parent, b[i])
-        if ra == rb:
-            continue
-        if ra < rb:
-            parent[rb] = ra
-        else:
-            parent[ra] = rb
-
-
-@kernel("i8[::1]")
-def _roots(parent):
-    out = np.empty(parent.size, np.int64)
-    for k in range(parent.size):
-        out[k] = _find(parent, k)
-    return out
 
 
 def apply_table(labels: np.ndarray, fragments: np.ndarray, segments: np.ndarray) -> np.ndarray:

@@ -35,12 +35,13 @@ from emtools.errors import EmError
 from emtools.segment.filters import maximum_filter
 from emtools.segment.flood import (
     FLOAT_LEVELS,
-    _min_max,
     as_unit_float,
     flood_labels,
+    min_max,
     quantize,
 )
 from emtools.native import kernel
+from emtools.segment.structures import check_labels
 
 __all__ = [
     "FLOAT_LEVELS",
@@ -165,10 +166,7 @@ def seeded_watershed(
     _check_3d(height, "heights")
     if seeds.shape != height.shape:
         raise EmError(f"seeds shape {seeds.shape} does not match heights {height.shape}")
-    if seeds.dtype.kind not in "ui":
-        raise EmError(f"seeds must be integer labels, got {seeds.dtype}")
-    if seeds.dtype.kind == "i" and seeds.size and seeds.min() < 0:
-        raise EmError("seeds must not be negative")
+    check_labels(seeds, "seeds")
     levels_array, n_levels = quantize(height, levels)
     labels = seeds.astype(np.uint64, copy=True, order="C")
     if mask is not None:
@@ -407,7 +405,7 @@ def instance_segmentation(
         if dist.dtype == np.uint8:
             dist = dist.astype(np.float32) * np.float32(2.0 / 255.0) - np.float32(1.0)
         elif dist.dtype.kind == "f":
-            lo, hi = _min_max(dist.reshape(-1).astype(np.float32, copy=False))
+            lo, hi = min_max(dist.reshape(-1).astype(np.float32, copy=False))
             if np.isnan(lo) or np.isinf(lo) or np.isinf(hi):
                 raise EmError("distance contains NaN or Inf")
             if lo < -1.0 or hi > 1.0:

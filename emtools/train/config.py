@@ -33,16 +33,16 @@ continues with.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import re
 from typing import Any, Mapping, Sequence
 
+from emtools import values
 from emtools.errors import EmError
 from emtools.models.heads import head_spec
 from emtools.models.spec import spec_from_dict
-from emtools.train.schema import DEFAULT_LOSS, KINDS, LOSSES, SCHEMA, TARGET, VOLUME, Field, closest, convert
+from emtools.train.schema import DEFAULT_LOSS, KINDS, LOSSES, SCHEMA, TARGET, VOLUME, Field, convert
 
 
 # ----------------------------------------------------------------------------- files and overrides
@@ -119,13 +119,17 @@ ALL_KEYS = _leaf_paths(SCHEMA) + [f"data.volumes.N.{k}" for k in VOLUME] + [f"ta
 
 
 def _unknown(path: str, section_keys: Sequence[str], prefix: str) -> EmError:
-    candidates = [prefix + k for k in section_keys]
-    match = difflib.get_close_matches(path, candidates, n=1, cutoff=0.5)
+    # The closest key of this section, spelled in full, then by its last word alone, then any key.
+    match = values.closest_name(path, [prefix + k for k in section_keys])
     if not match:
-        match = difflib.get_close_matches(path.split(".")[-1], list(section_keys), n=1, cutoff=0.5)
-        match = [prefix + match[0]] if match else difflib.get_close_matches(path, ALL_KEYS, n=1, cutoff=0.5)
-    hint = f"; did you mean '{match[0]}'?" if match else f"; valid keys here: {', '.join(section_keys)}"
-    return EmError(f"unknown config key '{path}'{hint}")
+        word = values.closest_name(path.split(".")[-1], section_keys)
+        match = prefix + word if word else values.closest_name(path, ALL_KEYS)
+    return EmError(f"unknown config key '{path}'{values.hint(match, section_keys, otherwise='; valid keys here: {choices}')}")
+
+
+def _closest(word: str, choices: Sequence[str]) -> str:
+    """The hint after an unknown name: the closest one, else the list when it is short."""
+    return values.did_you_mean(word, choices, otherwise="; valid keys: {choices}" if len(choices) <= 12 else "")
 
 
 def _resolve_section(schema: Mapping[str, Any], raw: Any, prefix: str) -> dict:
@@ -188,7 +192,7 @@ def _targets(raw: Any, model_heads: Sequence[tuple[str, int]]) -> dict[str, dict
     names = [n for n, _ in model_heads]
     for name in raw:
         if name not in names:
-            hint = closest(str(name), names)
+            hint = _closest(str(name), names)
             raise EmError(f"targets.{name}: the model has no head '{name}' (heads: {', '.join(names)}){hint}")
     out = {}
     for name, channels in model_heads:
@@ -226,7 +230,7 @@ def resolve(raw: Mapping[str, Any]) -> dict:
     for volume in config["data"]["volumes"]:
         if volume["pseudo_head"] is not None and volume["pseudo_head"] not in config["targets"]:
             raise EmError(f"pseudo_head '{volume['pseudo_head']}' is not a head of the model"
-                          f"{closest(volume['pseudo_head'], list(config['targets']))}")
+                          f"{_closest(volume['pseudo_head'], list(config['targets']))}")
     optim = config["optim"]
     if len(optim["betas"]) != 2 or not all(0.0 <= b < 1.0 for b in optim["betas"]):
         raise EmError(f"optim.betas must be two numbers in [0, 1), got {optim['betas']}")

@@ -28,7 +28,7 @@ import torch
 
 from emtools import interrupt
 from emtools.errors import EmError
-from emtools.models import build_model, channels_last_input, onednn, split_heads, to_channels_last, winograd
+from emtools.models import build_model, execution, split_heads
 from emtools.models.geometry import check_input_size
 from emtools.models.heads import head_spec, heads_to_dict
 from emtools.models.spec import spec_from_dict
@@ -38,7 +38,7 @@ from emtools.train.config import digest
 from emtools.train.data import Volume, check_training_data, fit_image_normalization, read_volumes
 from emtools.train.losses import total_loss
 from emtools.train.optim import Schedule, build_optimizer, scaled_lr
-from emtools.train.precision import autocast, check_precision, grad_scaler
+from emtools.train.precision import check_precision, grad_scaler
 from emtools.train.sampling import PatchSampler, check_targets, head_targets, make_loader
 from emtools.train.validate import default_best_metric, evaluate, is_better, validation_regions
 
@@ -71,6 +71,8 @@ def prepare(config: Mapping[str, Any], env: dist.Ranks | None = None) -> Prepare
     """Check the config against the model, the device and the data; one-line errors, nothing written."""
     device = dist.select_device(config["train"]["device"], env or dist.Ranks())
     check_precision(config["train"]["precision"], device)
+    names, spelled = execution_options(config["train"])
+    execution.check(names, device, skip_other_devices=True, spelled=spelled)  # e.g. an untested torch
     spec = spec_from_dict(config["model"], where="config model")
     patch = tuple(config["data"]["patch_zyx"])
     check_input_size(spec, patch)
@@ -121,6 +123,16 @@ class MetricsLog:
             os.write(fd, data)
         finally:
             os.close(fd)
+
+
+def execution_options(tcfg: Mapping[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """The ``train`` section's execution settings as option names (:mod:`emtools.models.execution`),
+    and how the config spells each (for errors)."""
+    names = execution.names_from_flags(precision=tcfg["precision"], channels_last=bool(tcfg["channels_last"]),
+                                       onednn=bool(tcfg["onednn"]), winograd=bool(tcfg["winograd"]))
+    spelled = {name: f"train.{name}=true" for name in ("channels_last", "onednn", "winograd")}
+    spelled.update({p: f"train.precision={p}" for p in ("bf16", "fp16")})
+    return names, spelled
 
 
 def _set_determinism(mode: str, device: torch.device) -> bool:
@@ -203,11 +215,9 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
     if norm is None:
         norm = fit_image_normalization(prepared.volumes, seed)
     model.to(device)
-    memory_format = to_channels_last(model) if tcfg["channels_last"] else None
-    if device.type == "cpu" and tcfg["winograd"]:
-        winograd.use_winograd_and_onednn(model)
-    elif device.type == "cpu" and tcfg["onednn"]:
-        onednn.use_onednn(model)
+    names, spelled = execution_options(tcfg)
+    # CPU-only options in a config are left out on a GPU, so that one config runs on both
+    run = execution.apply(model, names, device, skip_other_devices=True, spelled=spelled)
     peak = scaled_lr(ocfg["lr"], env.world_size, ocfg["lr_scaling"])
     optimizer = build_optimizer(ocfg["name"], model.parameters(), peak, ocfg["weight_decay"], ocfg["momentum"],
                                 tuple(ocfg["betas"]))
@@ -291,9 +301,8 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
         interrupt.check()
         lr = schedule.apply(optimizer, step)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        if memory_format is not None:
-            batch["image"] = channels_last_input(batch["image"], memory_format)
-        with autocast(device, tcfg["precision"]):
+        batch["image"] = run.input(batch["image"])
+        with run.autocast():
             output = net(batch["image"])
         loss, parts = total_loss(heads, split_heads(spec, output), batch)
         values = torch.tensor([float(loss.detach()), *(float(parts[h.name].detach()) for h in heads),

@@ -1,8 +1,9 @@
-"""Mixed precision: which precisions a device can train in, the autocast context, the grad scaler.
+"""Mixed precision: which precisions a device can train in, and the grad scaler (the autocast itself
+is the ``bf16`` / ``fp16`` execution option, :mod:`emtools.models.execution`).
 
 - ``fp32``: plain float32 (the default everywhere).
 - ``bf16``: ``torch.autocast`` to bfloat16. On GPU; on CPU only where it has bf16 units
-  (AVX512-BF16 / AMX, :func:`emtools.profile.options.cpu_has_bf16_units`): emulated bf16 is ~80x
+  (AVX512-BF16 / AMX, :func:`emtools.models.execution.cpu_has_bf16_units`): emulated bf16 is ~80x
   slower than fp32, so it is refused elsewhere.
 - ``fp16``: autocast to float16 with ``torch.amp.GradScaler`` (loss scaling); GPU only.
 
@@ -10,8 +11,6 @@ Losses are always computed in float32 (:mod:`emtools.train.losses` casts the out
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -29,19 +28,11 @@ def check_precision(precision: str, device: torch.device) -> None:
         return
     if precision == "fp16":
         raise EmError("train.precision=fp16 needs a GPU; on CPU use fp32 (or bf16 on CPUs with bf16 units)")
-    from emtools.profile.options import cpu_has_bf16_units
+    from emtools.models.execution import cpu_has_bf16_units
 
     if not cpu_has_bf16_units():
         raise EmError("train.precision=bf16 on a CPU without bf16 units is emulated and ~80x slower than fp32; "
                       "use train.precision=fp32")
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``precision`` (a no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def grad_scaler(device: torch.device, precision: str):

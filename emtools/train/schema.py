@@ -9,10 +9,10 @@ and checks combine is :mod:`emtools.train.config`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
+from emtools import values
 from emtools.errors import EmError
 from emtools.models.heads import ACTIVATIONS
 
@@ -25,12 +25,11 @@ LOSSES = {  # which losses each kind of head may use ("+" combines them, summed)
 DEFAULT_LOSS = {"sigmoid": "bce", "tanh": "mse", "softmax": "ce"}
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Field:
     """One configuration key: its type, default, allowed values and meaning."""
 
-    kind: str  # int float bool str int3 float3 floats choice augment params offsets
+    kind: str  # a key of CONVERTERS: int float bool str int3 float3 floats choice augment params offsets
     default: Any = None
     help: str = ""
     choices: tuple = ()
@@ -148,13 +147,8 @@ SCHEMA: dict[str, Any] = {
 
 
 # ----------------------------------------------------------------------------- conversion
-
-def closest(word: str, choices: Sequence[str]) -> str:
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
-    if match:
-        return f"; did you mean '{match[0]}'?"
-    return f"; valid keys: {', '.join(choices)}" if len(choices) <= 12 else ""
-
+# Each kind is one converter of emtools.values (the spelling and the message live there); the
+# kinds below are the config's own structures (offsets, target parameters, augmentation steps).
 
 def _parse_text(value: str) -> Any:
     """A command-line value: YAML for structured text ([..], {..}), else the plain string."""
@@ -169,88 +163,43 @@ def _parse_text(value: str) -> Any:
     return text
 
 
-def _is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "~", ""))
+def _offsets(key: str, field: Field, value: Any) -> list:
+    raw = _parse_text(value) if isinstance(value, str) else value
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(o, (list, tuple)) and len(o) == 3 for o in raw):
+        raise EmError(f"{key} must be a list of z,y,x offsets, e.g. [[-1,0,0],[0,-1,0],[0,0,-1]]")
+    return [[values.to_int(v, key) for v in o] for o in raw]
 
 
-def _items(value: Any) -> list:
-    if isinstance(value, str):
-        value = _parse_text(value)
-        if isinstance(value, str):
-            return [v.strip() for v in value.replace("x", ",").split(",") if v.strip()]
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
+def _params(key: str, field: Field, value: Any) -> dict:
+    raw = {} if values.is_none(value) else (_parse_text(value) if isinstance(value, str) else value)
+    if not isinstance(raw, Mapping):
+        raise EmError(f"{key} must be a mapping, e.g. '{{sigma_vx: 2}}'")
+    return json.loads(json.dumps(dict(raw)))
 
 
-def _number(key: str, value: Any, cast) -> Any:
-    if isinstance(value, bool):
-        raise EmError(f"{key}={value!r} is not a number")
-    try:
-        return cast(str(value).strip()) if cast is int else cast(value)
-    except (TypeError, ValueError):
-        raise EmError(f"{key}={value!r} is not {'an integer' if cast is int else 'a number'}") from None
+CONVERTERS: dict[str, Callable[[str, Field, Any], Any]] = {
+    "int": lambda key, field, value: values.to_int(value, key, lo=field.minimum),
+    "float": lambda key, field, value: values.to_float(value, key, lo=field.minimum),
+    "bool": lambda key, field, value: values.to_bool(value, key),
+    "str": lambda key, field, value: str(value),
+    "choice": lambda key, field, value: values.to_choice(value, key, field.choices),
+    "int3": lambda key, field, value: list(values.to_triple(value, key, allow_x=True)),
+    "float3": lambda key, field, value: list(values.to_triple(value, key, integer=False, allow_x=True)),
+    "floats": lambda key, field, value: values.to_numbers(value, key),
+    "offsets": _offsets,
+    "params": _params,
+    "augment": lambda key, field, value: _augment_steps(key, [] if values.is_none(value) else value),
+}
+"""``Field.kind`` -> ``convert(key, field, value)``."""
 
 
 def convert(key: str, field: Field, value: Any) -> Any:
     """``value`` (from YAML or the command line) as the type of ``field``; one-line errors."""
-    if field.kind not in ("augment", "params") and (value is None or (field.optional and _is_null(value))):
+    if field.kind not in ("augment", "params") and (value is None or (field.optional and values.is_none(value))):
         if field.optional:
             return None
-        raise EmError(f"{key} needs a value")
-    kind = field.kind
-    if kind == "int":
-        out = _number(key, value, int)
-    elif kind == "float":
-        out = _number(key, value, float)
-    elif kind == "bool":
-        text = str(value).strip().lower()
-        if isinstance(value, bool) or text in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return value if isinstance(value, bool) else text in ("true", "yes", "on", "1")
-        raise EmError(f"{key}={value!r} is not true/false")
-    elif kind == "str":
-        return str(value)
-    elif kind == "choice":
-        text = str(value).strip().lower() if not isinstance(value, bool) else str(value).lower()
-        if text not in field.choices:
-            match = difflib.get_close_matches(text, list(field.choices), n=1, cutoff=0.5)
-            hint = f"; did you mean '{match[0]}'?" if match else ""
-            raise EmError(f"{key}={value!r} is not one of {', '.join(field.choices)}{hint}")
-        return text
-    elif kind in ("int3", "float3"):
-        cast = int if kind == "int3" else float
-        parts = [_number(key, v, cast) for v in _items(value)]
-        if len(parts) == 1:
-            parts = parts * 3
-        if len(parts) != 3:
-            raise EmError(f"{key}={value!r} is not a z,y,x triple (e.g. 18,160,160)")
-        if min(parts) <= 0:
-            raise EmError(f"{key}={value!r} must be positive")
-        return parts
-    elif kind == "floats":
-        out = [_number(key, v, float) for v in _items(value)]
-        if not out:
-            raise EmError(f"{key} needs at least one number")
-        return out
-    elif kind == "offsets":
-        raw = _parse_text(value) if isinstance(value, str) else value
-        if not isinstance(raw, (list, tuple)) or not all(isinstance(o, (list, tuple)) and len(o) == 3 for o in raw):
-            raise EmError(f"{key} must be a list of z,y,x offsets, e.g. [[-1,0,0],[0,-1,0],[0,0,-1]]")
-        return [[_number(key, v, int) for v in o] for o in raw]
-    elif kind == "params":
-        raw = {} if _is_null(value) else (_parse_text(value) if isinstance(value, str) else value)
-        if not isinstance(raw, Mapping):
-            raise EmError(f"{key} must be a mapping, e.g. '{{sigma_vx: 2}}'")
-        return json.loads(json.dumps(dict(raw)))
-    elif kind == "augment":
-        return _augment_steps(key, [] if _is_null(value) else value)
-    else:  # pragma: no cover - a schema typo
-        raise AssertionError(kind)
-    if field.minimum is not None and out is not None:
-        values = out if isinstance(out, list) else [out]
-        if any(v < field.minimum for v in values):
-            raise EmError(f"{key}={value!r} must be at least {field.minimum:g}")
-    return out
+        raise values.SETTINGS.error("missing", key, value)
+    return CONVERTERS[field.kind](key, field, value)
 
 
 def _augment_steps(key: str, value: Any) -> list:

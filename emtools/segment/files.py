@@ -1,27 +1,41 @@
-"""What em-watershed and em-agglomerate share: reading and checking maps and labels, chunk
-regions, and the small text tables (merge history, edge tables, offsets, look-up tables).
+"""What the path-taking segmentation steps share: reading maps and labels (checked, one-line
+errors), the regions of a chunk, and the names and metadata of their outputs.
 
-Volumes go through :mod:`emtools.io`; the tables are plain tab-separated text written with
-``io.atomic_text`` (so an interrupted run leaves no half table) and read here.
+Volumes are read through :mod:`emtools.io`; everything here returns numpy arrays and
+:class:`~emtools.meta.Metadata`, so the steps in :mod:`emtools.segment.jobs` and
+:mod:`emtools.segment.chunked` stay short. A chunk file from ``em-tile split`` holds its data
+box (with halo) and says in its attributes which part of it the chunk is responsible for::
+
+    data box (read_begin_vx .. read_end_vx)  +------------------+
+                                             |  halo            |
+    responsible_begin_vx .. _end_vx          |   +----------+   |   outputs cover only this
+                                             |   |          |   |
+                                             |   +----------+   |
+                                             +------------------+
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
+from collections.abc import Sequence
 
 import numpy as np
 
 from emtools import io
 from emtools.errors import EmError
-from emtools.segment.flood import as_unit_float
 from emtools.meta import Metadata
+from emtools.segment.agglomerate import check_thresholds
+from emtools.segment.flood import as_unit_float
+from emtools.segment.structures import check_label_dtype, check_labels
 from emtools.tiling.geometry import Box
 
-# Chunk attributes that em-tile split writes and em-tile merge reads.
-CHUNK_ATTRS = ("read_begin_vx", "read_end_vx", "responsible_begin_vx", "responsible_end_vx",
-               "volume_begin_vx", "volume_end_vx", "chunk_index_zyx")
+__all__ = [
+    "NEAREST_OFFSETS", "MapInput", "as_thresholds", "check_voxel_size", "chunk_regions", "crop_and_renumber",
+    "cropped_metadata", "output_for_threshold", "parse_thresholds", "read_distance", "read_labels", "read_map",
+    "threshold_outputs",
+]
+
+# The first three affinity channels must link each voxel to these neighbours (z, y, x).
 NEAREST_OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
 
 
@@ -34,6 +48,12 @@ class MapInput:
     values: np.ndarray  # float32, or uint8 meaning /255
     meta: Metadata
     box: Box  # global voxel box
+
+    @property
+    def region_graph_input(self) -> dict:
+        """``{"affinities": values}`` or ``{"boundary": values}``: keyword arguments of
+        :func:`emtools.segment.region_graph.region_graph`."""
+        return {"affinities" if self.kind == "affinities" else "boundary": self.values}
 
 
 def read_map(spec: str, voxel_size_nm=None, invert: bool = False, kind: str = "auto") -> MapInput:
@@ -99,26 +119,31 @@ def _shape(shape) -> str:
     return "x".join(str(s) for s in shape)
 
 
-def check_label_dtype(spec: str, dtype) -> None:
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        raise EmError(f"labels must be integers (uint64 or uint32), but {spec} is {dtype}")
-    if dtype.kind not in "ui":
-        raise EmError(f"labels must be integers (uint64 or uint32), but {spec} is {dtype}")
-
-
 def read_labels(spec: str, voxel_size_nm=None) -> tuple[np.ndarray, Metadata, Box]:
-    """Read a label volume (any unsigned or non-negative integer type)."""
+    """Read a label volume (any unsigned or non-negative integer type): (labels, meta, box).
+
+    What counts as labels is :func:`emtools.segment.structures.check_labels`' one rule."""
     with io.open_volume(spec, voxel_size_nm=voxel_size_nm) as source:
         if len(source.shape) != 3:
             raise EmError(f"labels must be 3D (z, y, x), but {spec} has shape {_shape(source.shape)}")
-        check_label_dtype(spec, source.dtype)
+        check_label_dtype(source.dtype, spec)  # from the header: a float map fails before reading
         labels = source.read()
         meta, box = source.meta, source.box
-    if labels.dtype.kind == "i":
-        if labels.size and labels.min() < 0:
-            raise EmError(f"labels must not be negative ({spec})")
-    return labels, meta, box
+    return check_labels(labels, spec), meta, box
+
+
+def read_distance(spec: str, voxel_size_nm=None) -> tuple[np.ndarray, Metadata, Box]:
+    """Read a signed distance map (z, y, x) for BCD instances: (values, meta, box)."""
+    with io.open_volume(spec, voxel_size_nm=voxel_size_nm) as source:
+        if len(source.shape) != 3:
+            raise EmError(f"the distance map must be 3D (z, y, x), but {spec} has {len(source.shape)} dimensions")
+        return source.read(), source.meta, source.box
+
+
+def check_voxel_size(voxel_size_nm) -> None:
+    """One-line error for a voxel size override (z, y, x nm) with a zero or negative value."""
+    if voxel_size_nm is not None and any(v <= 0 for v in voxel_size_nm):
+        raise EmError(f"--voxel-size {','.join(str(v) for v in voxel_size_nm)} has zero or negative values")
 
 
 def chunk_regions(meta: Metadata, box: Box) -> tuple[Box, Box]:
@@ -144,16 +169,17 @@ def cropped_metadata(meta: Metadata, responsible: Box, extra: dict) -> Metadata:
                     provenance=meta.provenance, attrs=attrs)
 
 
-def output_for_threshold(template: str, threshold: float, several: bool) -> str:
-    """``seg_{threshold}.h5:/seg`` -> ``seg_0.3.h5:/seg``; the placeholder is needed for several."""
-    if "{threshold}" not in template:
-        if several:
-            raise EmError("several thresholds need {threshold} in the output, e.g. -o 'seg_{threshold}.h5'")
-        return template
-    return template.replace("{threshold}", f"{threshold:g}")
+def crop_and_renumber(labels: np.ndarray, local: tuple[slice, ...]) -> np.ndarray:
+    """``labels[local]`` renumbered 1..n (0 stays 0), as uint64: a chunk's fragments without halo."""
+    import fastremap
+
+    cropped = np.ascontiguousarray(labels[local])
+    cropped, _ = fastremap.renumber(cropped, preserve_zero=True, in_place=True)
+    return cropped.astype(np.uint64, copy=False)
 
 
 def parse_thresholds(text: str) -> list[float]:
+    """``"0.1,0.3"`` -> [0.1, 0.3] (unchecked); one-line error for words that are not numbers."""
     values = []
     for part in str(text).split(","):
         part = part.strip()
@@ -164,66 +190,31 @@ def parse_thresholds(text: str) -> list[float]:
     return values
 
 
-# ----------------------------------------------------------------------------- text tables
-
-def write_table(path: str, comments: list[str], header: list[str], columns: list[np.ndarray], formats: list[str]) -> None:
-    """A tab-separated table: ``# comment`` lines, a header row, then one row per entry."""
-    with io.atomic_text(path) as handle:
-        for line in comments:
-            handle.write(f"# {line}\n")
-        handle.write("\t".join(header) + "\n")
-        rows = zip(*[c.tolist() for c in columns])
-        fmt = "\t".join(formats) + "\n"
-        handle.writelines(fmt % row for row in rows)
+def as_thresholds(thresholds: str | float | Sequence[float]) -> list[float]:
+    """Thresholds from their text (``"0.3,0.5"``), one number or a sequence: checked, increasing."""
+    if isinstance(thresholds, str):
+        thresholds = parse_thresholds(thresholds)
+    elif isinstance(thresholds, (int, float)):
+        thresholds = [thresholds]
+    return check_thresholds(thresholds)
 
 
-def read_table(path: str, header: list[str]) -> tuple[dict, dict[str, list[str]]]:
-    """(``key=value`` pairs from the comments, {column: [text]}); one-line errors when malformed."""
-    if not os.path.isfile(path):
-        raise EmError(f"no such file: {path}")
-    info: dict = {}
-    columns: dict[str, list[str]] = {name: [] for name in header}
-    seen_header = False
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\n")
-            if line.startswith("#"):
-                for item in line[1:].split():
-                    key, sep, value = item.partition("=")
-                    if sep:
-                        info[key] = value
-                continue
-            if not line.strip():
-                continue
-            fields = line.split("\t")
-            if not seen_header:
-                if fields[: len(header)] != header:
-                    raise EmError(f"{path} is not a table with columns {' '.join(header)} (line {number})")
-                seen_header = True
-                continue
-            if len(fields) < len(header):
-                raise EmError(f"{path}: line {number} has {len(fields)} fields, expected {len(header)}")
-            for name, value in zip(header, fields):
-                columns[name].append(value)
-    if not seen_header:
-        raise EmError(f"{path} is empty or not a table with columns {' '.join(header)}")
-    return info, columns
+def output_for_threshold(template: str, threshold: float, several: bool) -> str:
+    """``seg_{threshold}.h5:/seg`` -> ``seg_0.3.h5:/seg``; the placeholder is needed for several."""
+    if "{threshold}" not in template:
+        if several:
+            raise EmError("several thresholds need {threshold} in the output, e.g. -o 'seg_{threshold}.h5'")
+        return template
+    return template.replace("{threshold}", f"{threshold:g}")
 
 
-def as_uint64(values: list[str], path: str) -> np.ndarray:
-    try:
-        return np.array([int(v) for v in values], dtype=np.uint64)
-    except (ValueError, OverflowError):
-        raise EmError(f"{path}: bad fragment id in the table") from None
-
-
-def as_float(values: list[str], path: str) -> np.ndarray:
-    try:
-        out = np.array([float(v) for v in values], dtype=np.float64)
-    except ValueError:
-        raise EmError(f"{path}: bad number in the table") from None
-    return out
-
-
-def fmt_threshold(value: float) -> str:
-    return "inf" if math.isinf(value) else repr(float(value))
+def threshold_outputs(template: str, thresholds: Sequence[float], compression: str) -> list[str]:
+    """One checked output spec per threshold (before any work): folders, formats, distinct files."""
+    io.parse_compression(compression)
+    outputs = [output_for_threshold(template, t, len(thresholds) > 1) for t in thresholds]
+    for spec in outputs:
+        io.check_output_path(io.output_file(spec))
+        io.output_format(spec)
+    if len({io.output_file(o) for o in outputs}) != len(outputs):
+        raise EmError("the outputs for different thresholds name the same file; put {threshold} in the file name")
+    return outputs
