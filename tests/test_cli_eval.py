@@ -1,4 +1,5 @@
-"""em-eval as users run it: one JSON object on stdout, one-line errors, exit codes, real data."""
+"""em-eval as users run it: one JSON object on stdout (one line per segmentation, or a table, for
+several), one-line errors, exit codes, real data."""
 
 import csv
 import json
@@ -29,9 +30,9 @@ def labels(seed=0, shape=(6, 20, 24)):
     return seg, gt
 
 
-def write(tmp_path, name, array, voxel=VOXEL, offset=(0, 0, 0)):
+def write(tmp_path, name, array, voxel=VOXEL, offset=(0, 0, 0), attrs=None):
     spec = f"{tmp_path / name}.h5:/main"
-    io.write_volume(spec, array, Metadata(voxel_size_nm=voxel, offset_nm=offset))
+    io.write_volume(spec, array, Metadata(voxel_size_nm=voxel, offset_nm=offset, attrs=attrs or {}))
     return spec
 
 
@@ -160,6 +161,100 @@ def test_unknown_mode_is_a_usage_error_naming_the_registered_modes(pair):
     assert "Invalid value for '--mode': 'nueron' is not one of" in result.stderr
     for name in MODES:
         assert f"'{name}'" in result.stderr, name
+
+
+# ----------------------------------------------------------------------------- several segmentations
+
+@pytest.fixture
+def sweep(tmp_path, pair):
+    """seg_1, seg_2, seg_10 (written out of order), as em-agglomerate names and annotates a sweep."""
+    _, gt_spec, seg, gt = pair
+    specs = {}
+    for i in (10, 2, 1):
+        array = seg.copy()
+        array[:, :, : 4 + 2 * i] = 3  # more merged at higher thresholds
+        specs[i] = write(tmp_path, f"seg_{i}", array, attrs={"threshold": i / 10})
+    return [specs[i] for i in (1, 2, 10)], gt_spec
+
+
+def test_several_segmentations_print_one_line_each_as_single_runs_do(sweep, tmp_path):
+    specs, gt_spec = sweep
+    singles = [invoke(spec, gt_spec, "-q").stdout for spec in specs]
+    assert all(out.count("\n") == 1 for out in singles)
+    many = invoke(*specs, gt_spec, "-q")
+    assert many.returncode == 0 and many.stderr == ""
+    assert many.stdout == "".join(singles)
+    # a quoted glob, expanded in natural order (seg_2 before seg_10), dataset kept
+    glob = run_tool("eval", f"{tmp_path}/seg_*.h5:/main", gt_spec, "-q")
+    assert glob.returncode == 0 and glob.stdout == many.stdout
+    # globs and specs mix, in the order given; the log names each segmentation
+    mixed = invoke(specs[2], f"{tmp_path}/seg_?.h5:/main", gt_spec)
+    assert mixed.stdout == singles[2] + singles[0] + singles[1]
+    assert [line.split(" vs ")[0] for line in mixed.stderr.splitlines()] == [
+        f"em-eval: {s}" for s in (specs[2], specs[0], specs[1])]
+
+
+def test_table_marks_the_best_and_shows_the_recorded_threshold(sweep, tmp_path):
+    specs, gt_spec = sweep
+    scores = [json.loads(line) for line in invoke(*specs, gt_spec, "-q").stdout.splitlines()]
+    best = min(range(3), key=lambda i: scores[i]["voi"])
+    assert sorted(s["voi"] for s in scores).count(scores[best]["voi"]) == 1  # one best row
+    result = invoke(f"{tmp_path}/seg_*.h5:/main", gt_spec, "--table", "-q")
+    assert result.returncode == 0 and result.stderr == ""
+    width = max(len(s) for s in specs)
+    expected = [f"# best (*): lowest voi (VOI split + merge, bits); neuron mode against {gt_spec}",
+                f"  {'segmentation':<{width}}  threshold  voi_split  voi_merge     voi  adapted_rand_error"]
+    for i, (spec, out) in enumerate(zip(specs, scores)):
+        mark = "*" if i == best else " "
+        expected.append(f"{mark} {spec:<{width}}  {(1, 2, 10)[i] / 10:>9g}  {out['voi_split']:>9.4f}  "
+                        f"{out['voi_merge']:>9.4f}  {out['voi']:>6.4f}  {out['adapted_rand_error']:>18.4f}")
+    assert result.stdout == "\n".join(expected) + "\n"
+    # one segmentation works too; no recorded threshold, no column
+    single = invoke(specs[0], gt_spec, "--table", "--mode", "instance", "-q", "--iou", "0.3")
+    assert single.stdout.splitlines()[0].startswith("# best (*): highest ap_75")
+    assert single.stdout.splitlines()[1].split()[:2] == ["segmentation", "threshold"]
+    assert single.stdout.splitlines()[2].startswith(f"* {specs[0]}")
+
+
+def test_csv_with_several_segmentations_needs_a_seg_field(sweep, tmp_path):
+    specs, gt_spec = sweep
+    invoke(specs[0], gt_spec, "--csv", tmp_path / "single.csv")
+    result = invoke(*specs, gt_spec, "-q", "--csv", tmp_path / "objects_{seg}.csv")
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 3
+    assert (tmp_path / "objects_seg_1.csv").read_text() == (tmp_path / "single.csv").read_text()
+    assert {p.name for p in tmp_path.glob("objects_*.csv")} == {f"objects_seg_{i}.csv" for i in (1, 2, 10)}
+    assert_one_line_error(invoke(*specs, gt_spec, "--csv", tmp_path / "o.csv"),
+                          "eval", "--csv with 3 segmentations needs {seg} in the file name")
+    same_file = [specs[0], specs[0].replace(":/main", ":/other")]
+    assert_one_line_error(invoke(*same_file, gt_spec, "--csv", tmp_path / "o_{seg}.csv"),
+                          "eval", "names the same file", "o_seg_1.csv")
+    assert_one_line_error(invoke(*specs, gt_spec, "--csv", tmp_path / "no" / "o_{seg}.csv"),
+                          "eval", "output folder does not exist")
+    assert not (tmp_path / "o.csv").exists() and not list(tmp_path.glob("o_*.csv"))
+
+
+def test_bad_inputs_among_several_are_refused_before_any_work(sweep, tmp_path, pair):
+    specs, gt_spec = sweep
+    _, _, seg, gt = pair
+    other_grid = write(tmp_path, "grid", seg, voxel=(30, 6, 6))
+    part = write(tmp_path, "part", seg[2:], offset=(80, 0, 0))
+    csv_out = tmp_path / "o_{seg}.csv"
+    cases = [
+        ((specs[0], tmp_path / "missing.h5", gt_spec), ("no such file", "missing.h5")),
+        ((f"{tmp_path}/nothing_*.h5", gt_spec), ("no file matches", "nothing_*.h5")),
+        ((f"{tmp_path}/*.h5", gt_spec), ("also matches the ground truth", f"{tmp_path}/gt.h5")),
+        ((specs[0], other_grid, gt_spec), ("voxel sizes differ", "grid.h5")),
+        ((specs[0], part, gt_spec, "--exact-region"), ("regions differ", "part.h5")),
+    ]
+    for args, fragments in cases:
+        for extra in ((), ("--table",), ("--csv", csv_out)):
+            assert_one_line_error(invoke(*args, *extra), "eval", *fragments)
+    assert not list(tmp_path.glob("o_*.csv"))
+    # without --exact-region the other region is scored, with a warning that names the file
+    result = invoke(specs[0], part, gt_spec, "-q")
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
+    assert result.stderr.count("\n") == 1 and "regions differ: " + part in result.stderr
+    assert json.loads(result.stdout.splitlines()[1])["voi_split"] == neuron_metrics(seg[2:], gt[2:])["voi_split"]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,4 +1,5 @@
-"""evaluate_files: two files scored slab by slab give exactly what the whole arrays give."""
+"""evaluate_files: two files scored slab by slab give exactly what the whole arrays give;
+score_many: several segmentations against one ground truth give exactly what single runs give."""
 
 import logging
 
@@ -19,6 +20,8 @@ from emtools.evaluate import (
     neuron_metrics_from_table,
     neuron_objects,
     score_files,
+    score_many,
+    segmentation_specs,
     semantic_metrics_from_counts,
     semantic_per_class,
 )
@@ -31,9 +34,9 @@ SHAPE = (7, 12, 10)
 SLAB = SHAPE[1] * SHAPE[2] + 5
 
 
-def write(tmp_path, name, array, offset=(0, 0, 0)):
+def write(tmp_path, name, array, offset=(0, 0, 0), attrs=None):
     spec = f"{tmp_path / name}.h5:/main"
-    io.write_volume(spec, array, Metadata(voxel_size_nm=VOXEL, offset_nm=offset))
+    io.write_volume(spec, array, Metadata(voxel_size_nm=VOXEL, offset_nm=offset, attrs=attrs or {}))
     return spec
 
 
@@ -193,3 +196,106 @@ def test_bad_inputs_are_one_line_errors(tmp_path, labels):
     with pytest.raises(EmError, match="no such file"):
         evaluate_files(str(tmp_path / "missing.h5"), gt_spec)
 
+
+
+# ----------------------------------------------------------------------------- several segmentations
+
+@pytest.fixture
+def sweep(tmp_path, labels):
+    """Three segmentations of the ``labels`` ground truth, as em-agglomerate writes them (a threshold each)."""
+    seg_spec, gt_spec, seg, gt = labels
+    specs = []
+    for i, threshold in enumerate((0.3, 0.5, 0.7)):
+        array = seg.copy()
+        array[:, :, : 2 * i] = 1  # more merged at higher thresholds
+        specs.append(write(tmp_path, f"seg_{threshold:g}", array, attrs={"threshold": threshold}))
+    return specs, gt_spec
+
+
+def _same(a, b):
+    assert a.report == b.report and a.warnings == b.warnings and a.region == b.region
+    assert a.seg_threshold == b.seg_threshold
+    assert (a.objects is None) == (b.objects is None)
+    for key in a.objects or {}:
+        np.testing.assert_array_equal(a.objects[key], b.objects[key], err_msg=key)
+
+
+@pytest.mark.parametrize("mode,settings,objects", [
+    ("neuron", EvalSettings(), True),
+    ("neuron", EvalSettings(gt_zero="label", pred_zero="cremi"), False),
+    ("instance", EvalSettings(size_classes=(20, 60)), True),
+    ("semantic", EvalSettings(per_class=True), True),
+    ("synapse", EvalSettings(distance_nm=50.0), False),
+])
+def test_many_equal_single_runs_bit_for_bit(sweep, mode, settings, objects):
+    specs, gt_spec = sweep
+    many = list(score_many(specs, gt_spec, mode, settings, objects=objects, slab_voxels=SLAB))
+    assert [r.report["segmentation"] for r in many] == specs
+    assert [r.seg_threshold for r in many] == [0.3, 0.5, 0.7]
+    for spec, result in zip(specs, many):
+        _same(result, score_files(spec, gt_spec, mode, settings, objects=objects, slab_voxels=SLAB))
+
+
+def test_the_ground_truth_is_read_once_per_batch(sweep, read_depths):
+    specs, gt_spec = sweep
+    list(score_many(specs, gt_spec, slab_voxels=SLAB))
+    assert read_depths == [1] * (4 * SHAPE[0])  # one section at a time: ground truth + 3 segmentations
+    read_depths.clear()
+    list(score_many(specs, gt_spec, slab_voxels=SLAB, batch=2))
+    assert read_depths == [1] * ((3 + 2) * SHAPE[0])  # two batches: the ground truth twice
+
+
+def test_segmentations_over_other_regions_are_batched_apart(tmp_path, sweep, labels):
+    specs, gt_spec = sweep
+    _, _, seg, gt = labels
+    part = write(tmp_path, "part", seg[3:], offset=(3 * VOXEL[0], 0, 0))
+    results = list(score_many([specs[0], part, specs[1]], gt_spec, slab_voxels=SLAB))
+    assert [r.report["region_vx"] for r in results] == ["0:7,0:12,0:10", "3:7,0:12,0:10", "0:7,0:12,0:10"]
+    assert results[0].warnings == results[2].warnings == [] and "regions differ" in results[1].warnings[0]
+    expected = neuron_metrics_from_table(contingency_table(gt[3:], seg[3:]))
+    assert results[1].report["voi_split"] == expected["voi_split"] and results[1].seg_threshold is None
+    _same(results[2], score_files(specs[1], gt_spec))
+
+
+def test_every_input_is_checked_before_a_voxel_is_read(tmp_path, sweep, labels, read_depths):
+    specs, gt_spec = sweep
+    _, _, seg, _ = labels
+    other_grid = f"{tmp_path / 'grid'}.h5:/main"
+    io.write_volume(other_grid, seg, Metadata(voxel_size_nm=(30, 6, 6)))
+    part = write(tmp_path, "part", seg[3:], offset=(3 * VOXEL[0], 0, 0))
+    floats = write(tmp_path, "f", seg.astype(np.float32))
+    for bad, message in [(other_grid, "voxel sizes differ"), (str(tmp_path / "missing.h5"), "no such file"),
+                         (floats, "floating point")]:
+        with pytest.raises(EmError, match=message):
+            list(score_many(specs + [bad], gt_spec))
+    with pytest.raises(EmError, match="regions differ: .*part.h5"):
+        list(score_many(specs + [part], gt_spec, exact_region=True))
+    assert read_depths == []
+    for kwargs, message in [(dict(batch=0), "batch must be a positive whole number"),
+                            (dict(slab_voxels=0), "slab_voxels must be a positive whole number"),
+                            (dict(mode="nueron"), "did you mean 'neuron'")]:
+        with pytest.raises(EmError, match=message):
+            list(score_many(specs, gt_spec, **kwargs))
+    with pytest.raises(EmError, match="no segmentation to score"):
+        list(score_many([], gt_spec))
+
+
+def test_segmentation_specs_expand_globs_in_natural_order(tmp_path, labels):
+    _, gt_spec, seg, _ = labels
+    for name in ("s_10", "s_2", "s_1"):
+        write(tmp_path, name, seg)
+    (tmp_path / "s_3.h5").mkdir()  # folders are not segmentations
+    folder = str(tmp_path)
+    assert segmentation_specs([f"{folder}/s_*.h5"], gt_spec) == [f"{folder}/s_{i}.h5" for i in (1, 2, 10)]
+    assert segmentation_specs([f"{folder}/s_1?.h5:/main", "x.tif", f"{folder}/s_[12].h5:seg"]) == [
+        f"{folder}/s_10.h5:/main", "x.tif", f"{folder}/s_1.h5:seg", f"{folder}/s_2.h5:seg"]
+    # a glob of 2D slices is one volume, as everywhere; plain specs pass unchecked (opening checks them)
+    assert segmentation_specs(["raw/*.png", "missing.h5"]) == ["raw/*.png", "missing.h5"]
+    with pytest.raises(EmError, match="^no file matches .*nothing_\\*.h5$"):
+        segmentation_specs([f"{folder}/nothing_*.h5"])
+    with pytest.raises(EmError, match="^.*/\\*.h5 also matches the ground truth .*/gt.h5; narrow it"):
+        segmentation_specs([f"{folder}/*.h5"], gt_spec)
+    # the same file is fine where the datasets differ
+    assert segmentation_specs([f"{folder}/g*.h5:/seg"], gt_spec) == [f"{folder}/gt.h5:/seg"]
+    with pytest.raises(EmError, match="also matches the ground truth"):
+        segmentation_specs([f"{folder}/g*.h5"], gt_spec)

@@ -1,10 +1,12 @@
-"""em-eval: score a segmentation against ground truth; one JSON object on stdout."""
+"""em-eval: score segmentations against ground truth; one JSON object each on stdout, or a table."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import os
+import textwrap
 
 import click
 import numpy as np
@@ -19,7 +21,19 @@ from emtools.cli.common import (
     version_option,
 )
 from emtools.errors import EmError
-from emtools.evaluate import GT_ZERO_CHOICES, MODES, PRED_ZERO_CHOICES, EvalSettings, get_mode, score_files
+from emtools.io.specs import H5_SUFFIXES, TIFF_SUFFIXES, is_glob, split_h5_spec
+from emtools.evaluate import (
+    GT_ZERO_CHOICES,
+    MODES,
+    PRED_ZERO_CHOICES,
+    EvalSettings,
+    get_mode,
+    score_many,
+    segmentation_specs,
+    summaries_help,
+    summary_for,
+    summary_table,
+)
 from emtools.evaluate.modes import check_settings, modes_help, modes_using, objects_help
 
 TOOL = "em-eval"
@@ -36,7 +50,19 @@ def _either(setting: str) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
+_SEVERAL = textwrap.fill(
+    "Several segmentations (a threshold sweep): the last argument is the ground truth; each SEGMENTATION "
+    "may be a quoted glob of HDF5 files ('seg_*.h5', 'seg_*.h5:/seg'), expanded in natural order (seg_2 "
+    "before seg_10); a glob of .png/.tif files stays one volume of 2D slices. One JSON line per "
+    "segmentation, in order, each the object a single run prints; --table prints a table instead, "
+    "with the threshold that em-agglomerate recorded in each file and the best row marked: "
+    f"{summaries_help()}. The ground truth is read once per batch of segmentations.",
+    width=88, break_on_hyphens=False)
+
 HELP = f"""Score SEGMENTATION against GROUND_TRUTH; print one JSON object on stdout.
+
+\b
+{_SEVERAL}
 
 \b
 Modes (--mode):
@@ -66,11 +92,13 @@ Examples:
   em-eval frags.tif labels.tif --voxel-size 30,6,6 | jq .adapted_rand_error
   em-eval mito.h5 mito_gt.h5 --mode instance --size-classes 5000,15000 --csv objects.csv
   em-eval clefts.h5:/prob clefts_gt.h5 --mode synapse --threshold 0.5
+  em-eval 'seg_*.h5' gt.h5:/neurons --table
+  em-eval 'seg_*.h5' gt.h5:/neurons --csv 'objects_{{seg}}.csv' | jq -c '[.segmentation, .voi]'
 """
 
 
 @click.command(help=HELP)
-@click.argument("segmentation")
+@click.argument("segmentation", nargs=-1, required=True)
 @click.argument("ground_truth")
 @click.option("--mode", type=click.Choice(list(MODES)), default="neuron", show_default=True, help="Which metrics.")
 @click.option("--gt-zero", type=click.Choice(GT_ZERO_CHOICES), default="ignore", show_default=True,
@@ -88,7 +116,10 @@ Examples:
 @click.option("--distance-threshold", "distance_nm", type=float, default=200.0, show_default=True,
               help=f"{_for('distance_nm')}: distance in nm beyond which a voxel counts as FN/FP (CREMI: 200).")
 @click.option("--csv", "csv_path", default=None, metavar="FILE",
-              help=f"Also write a per-object table ({objects_help()}).")
+              help=f"Also write a per-object table ({objects_help()}); with several segmentations "
+                   "FILE must contain {seg}, replaced by each segmentation's file name without suffix.")
+@click.option("--table", "as_table", is_flag=True,
+              help="Print a table (one row per segmentation, the best marked) instead of JSON.")
 @click.option("--voxel-size", "voxel_size_nm", type=FLOAT_TRIPLE, default=None,
               help="Voxel size z,y,x in nm of both inputs (overrides the files').")
 @click.option("--seg-offset", "seg_offset_nm", type=FLOAT_TRIPLE, default=None,
@@ -100,7 +131,7 @@ Examples:
 @version_option(TOOL)
 @contract(TOOL)
 def main(segmentation, ground_truth, mode, gt_zero, pred_zero, iou_threshold, size_classes, threshold, per_class,
-         distance_nm, csv_path, voxel_size_nm, seg_offset_nm, gt_offset_nm, exact_region):
+         distance_nm, csv_path, as_table, voxel_size_nm, seg_offset_nm, gt_offset_nm, exact_region):
     if voxel_size_nm is not None:
         require_positive("--voxel-size", voxel_size_nm)
     settings = EvalSettings(gt_zero=gt_zero, pred_zero=pred_zero, iou_threshold=iou_threshold,
@@ -108,21 +139,61 @@ def main(segmentation, ground_truth, mode, gt_zero, pred_zero, iou_threshold, si
                             per_class=per_class, distance_nm=distance_nm)
     # options first, so that a bad one fails before the output folder is checked or a file opened
     check_settings(get_mode(mode), settings, objects=csv_path is not None)
-    if csv_path is not None:
-        io.check_output_path(csv_path)
-    result = score_files(segmentation, ground_truth, mode, settings, voxel_size_nm=voxel_size_nm,
-                         pred_offset_nm=seg_offset_nm, gt_offset_nm=gt_offset_nm, exact_region=exact_region,
-                         objects=csv_path is not None)
-    text = json.dumps(result.report, allow_nan=False)
-    if csv_path is not None and result.objects is not None:
-        _write_csv(csv_path, result.objects)
+    if as_table:
+        summary_for(mode, settings)
+    specs = segmentation_specs(segmentation, ground_truth)
+    csv_paths = _csv_paths(csv_path, specs) if csv_path is not None else None
+    for path in csv_paths or ():
+        io.check_output_path(path)
+    results = list(score_many(specs, ground_truth, mode, settings, voxel_size_nm=voxel_size_nm,
+                              pred_offset_nm=seg_offset_nm, gt_offset_nm=gt_offset_nm, exact_region=exact_region,
+                              objects=csv_path is not None))
+    if as_table:
+        text = summary_table([r.report for r in results], mode, settings, [r.seg_threshold for r in results])
+    else:
+        text = "\n".join(json.dumps(r.report, allow_nan=False) for r in results)
+    for path, result in zip(csv_paths or (), results):
+        if result.objects is not None:
+            _write_csv(path, result.objects)
     # messages only after success, so that a failure stays one line on stderr
-    for warning in result.warnings:
-        log.warning("%s", warning)
-    region = result.region
-    log.info("%s vs %s: %s voxels in %s scored in %.2f s (%s mode)", segmentation, ground_truth,
-             "x".join(map(str, region.shape)), region.text(), result.seconds, mode)
+    for result in results:
+        for warning in result.warnings:
+            log.warning("%s", warning)
+    for spec, result in zip(specs, results):
+        region = result.region
+        log.info("%s vs %s: %s voxels in %s scored in %.2f s (%s mode)", spec, ground_truth,
+                 "x".join(map(str, region.shape)), region.text(), result.seconds, mode)
     emit(text)
+
+
+SEG_FIELD = "{seg}"
+
+
+def _csv_paths(template: str, specs: list[str]) -> list[str]:
+    """One --csv path per segmentation: {seg} is its file name without suffix (needed for several)."""
+    if SEG_FIELD not in template:
+        if len(specs) > 1:
+            raise EmError(f"--csv with {len(specs)} segmentations needs {SEG_FIELD} in the file name, "
+                          f"e.g. --csv 'objects_{SEG_FIELD}.csv'")
+        return [template]
+    paths = [template.replace(SEG_FIELD, _seg_name(spec)) for spec in specs]
+    seen: dict[str, str] = {}
+    for spec, path in zip(specs, paths):
+        if path in seen:
+            raise EmError(f"--csv {template} names the same file {path} for {seen[path]} and {spec}")
+        seen[path] = spec
+    return paths
+
+
+def _seg_name(spec: str) -> str:
+    """``runs/seg_0.3.h5:/main`` -> ``seg_0.3``; a folder or glob of slices -> the folder's name."""
+    h5 = split_h5_spec(spec)
+    path = h5[0] if h5 is not None else spec
+    if is_glob(path):
+        path = os.path.dirname(path)
+    name = os.path.basename(os.path.normpath(path))
+    stem, suffix = os.path.splitext(name)
+    return stem if suffix.lower() in H5_SUFFIXES + TIFF_SUFFIXES else name
 
 
 def _parse_size_classes(text):

@@ -6,7 +6,11 @@
 - :mod:`emtools.evaluate.semantic`: voxel IoU/Dice/precision/recall/accuracy, CREMI clefts.
 - :mod:`emtools.evaluate.modes`: the registry of em-eval's ``--mode`` values (:data:`MODES`).
 - :mod:`emtools.evaluate.chunked`: :func:`evaluate_files`, two volume files scored slab by slab
-  with bounded memory (em-eval is a thin layer over it).
+  with bounded memory (em-eval is a thin layer over it); :func:`score_many`, several
+  segmentations against one ground truth (a threshold sweep), with :func:`segmentation_specs`
+  to expand globs.
+- :mod:`emtools.evaluate.summary`: the sweep table of ``em-eval --table`` (main scores per mode,
+  the best row marked).
 
 Arguments come in the order (prediction, ground truth), as in waterz and elf. Only the chunked
 loop does I/O, and only through :mod:`emtools.io`. Who may import this package: anyone; it
@@ -18,7 +22,15 @@ the metric modules, or a new one), register an adapter with ``@eval_mode(name, h
 inputs=..., uses=...)`` in :mod:`emtools.evaluate.modes`; em-eval's --mode, --help and checks follow.
 """
 
-from emtools.evaluate.chunked import SLAB_VOXELS, Evaluation, evaluate_files, score_files
+from emtools.evaluate.chunked import (
+    MANY_BATCH,
+    SLAB_VOXELS,
+    Evaluation,
+    evaluate_files,
+    score_files,
+    score_many,
+    segmentation_specs,
+)
 from emtools.evaluate.instance import (
     DEFAULT_SIZE_CLASSES,
     InstanceTable,
@@ -29,7 +41,7 @@ from emtools.evaluate.instance import (
     instance_table,
     match_instances,
 )
-from emtools.evaluate.modes import MODES, EvalMode, EvalSettings, eval_mode, get_mode
+from emtools.evaluate.modes import MODES, EvalMode, EvalSettings, Summary, eval_mode, get_mode
 from emtools.evaluate.neuron import (
     GT_ZERO_CHOICES,
     PRED_ZERO_CHOICES,
@@ -45,6 +57,7 @@ from emtools.evaluate.semantic import (
     semantic_metrics_from_counts,
     semantic_per_class,
 )
+from emtools.evaluate.summary import best_rows, summaries_help, summary_for, summary_table
 from emtools.evaluate.table import (
     Contingency,
     ContingencyAccumulator,
@@ -54,11 +67,13 @@ from emtools.evaluate.table import (
 )
 
 __all__ = [
-    "DEFAULT_SIZE_CLASSES", "GT_ZERO_CHOICES", "MODES", "PRED_ZERO_CHOICES", "SLAB_VOXELS",
-    "Contingency", "ContingencyAccumulator", "EvalMode", "EvalSettings", "Evaluation", "InstanceTable",
+    "DEFAULT_SIZE_CLASSES", "GT_ZERO_CHOICES", "MANY_BATCH", "MODES", "PRED_ZERO_CHOICES", "SLAB_VOXELS",
+    "Contingency", "ContingencyAccumulator", "EvalMode", "EvalSettings", "Evaluation",
+    "InstanceTable", "Summary", "best_rows", "summaries_help", "summary_for", "summary_table",
     "average_precision", "binary_counts", "check_labels", "cleft_distances", "contingency_table",
     "eval_mode", "evaluate_files", "foreground_mask", "get_mode", "group_sum", "instance_metrics",
     "instance_metrics_from_table", "instance_objects", "instance_table", "match_instances",
-    "neuron_metrics", "neuron_metrics_from_table", "neuron_objects", "score_files",
+    "neuron_metrics", "neuron_metrics_from_table", "neuron_objects", "score_files", "score_many",
+    "segmentation_specs",
     "semantic_metrics", "semantic_metrics_from_counts", "semantic_per_class",
 ]

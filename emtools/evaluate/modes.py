@@ -51,6 +51,7 @@ from emtools.values import unknown_choice
 __all__ = [
     "INPUT_KINDS",
     "MODES",
+    "Summary",
     "EvalMode",
     "EvalSettings",
     "Volumes",
@@ -109,6 +110,24 @@ Score = Callable[[Contingency, EvalSettings, bool, "Volumes | None"], "tuple[dic
 
 
 @dataclasses.dataclass(frozen=True)
+class Summary:
+    """A mode's row in ``em-eval --table``: columns (keys of its JSON object) and the one that
+    decides the best row."""
+
+    columns: tuple[str, ...]
+    best: str
+    lower_is_better: bool
+    why: str  # what ``best`` is, for the header line
+
+    def __post_init__(self):
+        if self.best not in self.columns:
+            raise ValueError(f"the deciding column {self.best!r} is not among {self.columns}")
+
+    def header(self) -> str:
+        return f"{'lowest' if self.lower_is_better else 'highest'} {self.best} ({self.why})"
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalMode:
     """One registered mode (see the module docstring)."""
 
@@ -123,6 +142,16 @@ class EvalMode:
     objects_need: str | None = None
     empty_gt_ok: Callable[[EvalSettings], bool] | None = None
     foreground_name: str | None = None
+    table: Summary | Callable[[EvalSettings], Summary] | None = None
+
+    def table_for(self, settings: EvalSettings | None = None) -> Summary:
+        """This mode's ``--table`` columns with ``settings`` (defaults when None)."""
+        if self.table is None:
+            raise EmError(f"eval mode {self.name!r} has no table columns "
+                          "(register it with @eval_mode(..., table=Summary(...)))")
+        if callable(self.table):
+            return self.table(settings if settings is not None else EvalSettings())
+        return self.table
 
     def skip_for(self, settings: EvalSettings) -> str:
         return self.skip(settings) if callable(self.skip) else self.skip
@@ -138,13 +167,15 @@ class EvalMode:
 MODES: dict[str, EvalMode] = {}
 
 
-def eval_mode(name: str, help: str, *, skip, inputs, uses=(), whole_volume=False, objects_help=None,
+def eval_mode(name: str, help: str, *, skip, inputs, table=None, uses=(), whole_volume=False, objects_help=None,
               objects_need=None, empty_gt_ok=None, foreground_name=None):
     """Register ``score(table, settings, objects, volumes) -> (metrics, columns)`` as mode ``name``.
 
     ``help``: the mode's paragraph in ``em-eval --help`` (its line breaks are kept);
     ``empty_gt_ok(settings)``: whether a ground truth without a labelled voxel may be scored;
-    ``foreground_name``: what an empty input lacks in its error ("cleft voxel"; None: "is empty").
+    ``foreground_name``: what an empty input lacks in its error ("cleft voxel"; None: "is empty");
+    ``table``: its :class:`Summary` for ``--table`` (or a function of the settings giving one;
+    without it the mode cannot be tabulated).
     Other arguments: see the module docstring.
     """
     if name in MODES:
@@ -159,7 +190,7 @@ def eval_mode(name: str, help: str, *, skip, inputs, uses=(), whole_volume=False
 
     def register(score: Score) -> Score:
         MODES[name] = EvalMode(name, textwrap.dedent(help).strip("\n"), score, skip, inputs, tuple(uses),
-                               whole_volume, objects_help, objects_need, empty_gt_ok, foreground_name)
+                               whole_volume, objects_help, objects_need, empty_gt_ok, foreground_name, table)
         return score
 
     return register
@@ -246,6 +277,7 @@ def check_settings(mode: EvalMode, settings: EvalSettings, objects: bool = False
     variation of information split/merge in bits (log2), adapted Rand error,
     Rand split/merge, Rand index and CREMI score = sqrt(ARAND * VOI).""",
     skip=lambda s: skip_for(s.gt_zero), inputs="labels", uses=("gt_zero", "pred_zero"),
+    table=Summary(("voi_split", "voi_merge", "voi", "adapted_rand_error"), "voi", True, "VOI split + merge, bits"),
     objects_help="per ground-truth object", empty_gt_ok=lambda s: s.gt_zero == "label",
 )
 def _neuron(table, settings, objects, volumes):
@@ -262,6 +294,8 @@ def _neuron(table, settings, objects, volumes):
     objects sorted by size), and precision/recall/F1 of the one-to-one (Hungarian)
     matching at --iou. Only foreground voxels are visited.""",
     skip="both-zero", inputs="labels", uses=("iou_threshold", "size_classes"), objects_help="per object",
+    table=Summary(("ap_50", "ap_75", "ap_50_95", "precision", "recall", "f1"), "ap_75", False,
+                  "average precision at IoU 0.75, as MitoEM ranks"),
 )
 def _instance(table, settings, objects, volumes):
     t = InstanceTable(table)
@@ -270,6 +304,8 @@ def _instance(table, settings, objects, volumes):
 
 
 _CLASS_COLUMNS = ("iou", "dice", "precision", "recall", "accuracy", "tp", "fp", "fn")
+_FOREGROUND_TABLE = Summary(("iou", "dice", "precision", "recall"), "iou", False, "foreground voxel IoU")
+_PER_CLASS_TABLE = Summary(("mean_iou", "mean_dice"), "mean_iou", False, "mean IoU over the classes")
 
 
 @eval_mode(
@@ -278,6 +314,7 @@ _CLASS_COLUMNS = ("iou", "dice", "precision", "recall", "accuracy", "tp", "fp", 
     voxel IoU, Dice, precision, recall, F1, accuracy of the foreground
     (label != 0, or probability > --threshold); --per-class per label value.""",
     skip="none", inputs=lambda s: "classes" if s.per_class else "foreground", uses=("threshold", "per_class"),
+    table=lambda s: _PER_CLASS_TABLE if s.per_class else _FOREGROUND_TABLE,
     objects_help="per class", objects_need="per_class",
 )
 def _semantic(table, settings, objects, volumes):
@@ -303,6 +340,8 @@ def _semantic(table, settings, objects, volumes):
     the ground truth), FN/FP counts beyond --distance-threshold and the CREMI
     score (ADGT + ADF) / 2.""",
     skip="none", inputs="foreground", uses=("threshold", "distance_nm"), whole_volume=True,
+    table=Summary(("iou", "dice", "adgt_nm", "adf_nm", "cremi_cleft_score"), "cremi_cleft_score", True,
+                  "(ADGT + ADF) / 2 in nm"),
     foreground_name="cleft voxel",
 )
 def _synapse(table, settings, objects, volumes):
