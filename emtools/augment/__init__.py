@@ -22,6 +22,11 @@ Families: :mod:`~emtools.augment.geometry` (flip, rotate, rescale, elastic),
 :mod:`~emtools.augment.mixing` (copy_paste, mixup). Anisotropic volumes: in-plane steps never
 mix sections; only ``elastic mode=3d`` and ``cut_blur mode=3d`` are explicitly 3D.
 
+To add an augmentation: write ``body(image, labels, rng, **options)`` in the family module it
+belongs to and decorate it with ``@augmentation(name, summary, option=Option(default, kind, help))``
+(:mod:`emtools.augment.core`); em-augment's --aug, its help, em-train's ``data.augment`` and the
+option checks follow.
+
 Compared with PyTorch Connectomics' augmentors (the feature peer): the same families, but
 rotations take any angle, each step is a plain function of (image, labels, rng), and every
 random choice comes from the one generator passed in.

@@ -19,7 +19,8 @@ torch and never :mod:`emtools.cli` (tests/test_layering.py checks both).
 
 To add an eval mode: write its metrics as a function of a :class:`Contingency` table (in one of
 the metric modules, or a new one), register an adapter with ``@eval_mode(name, help, skip=...,
-inputs=..., uses=...)`` in :mod:`emtools.evaluate.modes`; em-eval's --mode, --help and checks follow.
+inputs=..., uses=..., table=Summary(...))`` in :mod:`emtools.evaluate.modes`; em-eval's --mode,
+--help, --table and checks follow.
 """
 
 from emtools.evaluate.chunked import (

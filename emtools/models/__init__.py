@@ -12,6 +12,12 @@ conv, FLOP-balanced widths), ``unet3d``, ``unet2d`` (per section). Checkpoints c
 How a model runs (channels_last, oneDNN or Winograd convolutions, autocast, torch.compile) is
 not part of its spec: :mod:`emtools.models.execution` holds those options, one registry that
 em-profile, em-train and em-predict all apply through ``execution.apply``.
+
+To add an execution option: decorate ``def _name(run)`` (it changes the model in place, the
+input memory format, the autocast dtype or the compiled runner) with ``@execution_option(name,
+summary, stage=..., needs=...)`` in :mod:`emtools.models.execution`; parsing, "did you mean",
+em-profile's --options help and its man page follow. To add a model: a preset in
+:mod:`emtools.models.spec` and its builder in :func:`build_model`.
 """
 
 from __future__ import annotations
