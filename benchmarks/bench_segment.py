@@ -20,7 +20,13 @@ ground truth, ground-truth label 0 ignored. Seeded watershed: the same boundary 
 through ``emtools.segment.watershed.seeded_watershed``, ``bioimage_cpp.segmentation.watershed`` and
 scikit-image's ``watershed`` in this process (best of 3; scikit-image once).
 
-    python benchmarks/bench_segment.py [--out DIR] [--quick] [--skip-peers]
+Mutex watershed (``--mutex``, on its own): FIB-25 bodies z 100..149 (3.1 Mvoxel) -> affinities for
+``MUTEX_OFFSETS`` with synthetic noise (per channel: Gaussian blur 0.5 vx, smooth noise of std
+``--mutex-noise`` blurred 2 vx, pixel noise 0.05; not a network's predictions) -> em-watershed
+--method mutex (bias 0, 0.1, 0.2; stride 2,3,3) against em-watershed + em-agglomerate (9
+thresholds) on the nearest-neighbour channels of the same array; in-process, JIT warmed up.
+
+    python benchmarks/bench_segment.py [--out DIR] [--quick] [--skip-peers] [--mutex [--mutex-noise 0.1]]
 
 Writes bench_segment.txt/.json to --out; DIR/segment-data keeps the generated volumes (~1 GB for
 the full synthetic set) so reruns skip the ~40 s it takes to make them. ~6 minutes in all.
@@ -284,6 +290,59 @@ def bench_seeded(data: dict, skip_peers: bool) -> dict:
     return out
 
 
+MUTEX_OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3], [-9, 0, 0], [0, -9, 0],
+                 [0, 0, -9], [0, -9, -9], [0, 9, -9], [-27, 0, 0], [0, -27, 0], [0, 0, -27]]
+
+
+def bench_mutex(work: str, noise: float) -> list[str]:
+    """Mutex watershed vs watershed + agglomeration on noisy long-range affinities of FIB-25."""
+    import h5py
+    from scipy import ndimage
+
+    from emtools.segment.jobs import WatershedSettings, agglomerate_volume, watershed_volume
+    from emtools.targets import affinity_target
+
+    with h5py.File(os.path.join(SHARED, "fib25", "train", "bodies.h5"), "r") as f:
+        gt = f["bodies"][100:150].astype(np.uint64)
+    rng = np.random.default_rng(0)
+    affs, _ = affinity_target(gt, MUTEX_OFFSETS)
+    for c in range(len(MUTEX_OFFSETS)):  # noisy_affinities' recipe, isotropic, on every channel
+        ch = ndimage.gaussian_filter(affs[c], 0.5, mode="nearest")
+        smooth = ndimage.gaussian_filter(rng.standard_normal(ch.shape, dtype=np.float32), 2.0, mode="nearest")
+        ch += smooth * np.float32(noise / (float(smooth.std()) or 1.0))
+        ch += rng.standard_normal(ch.shape, dtype=np.float32) * np.float32(0.05)
+        affs[c] = np.clip(ch, 0, 1)
+    meta = Metadata(axes="czyx", voxel_size_nm=(10, 10, 10), attrs={"affinity_offsets": MUTEX_OFFSETS})
+    spec, small = os.path.join(work, "lr_affs.h5:/affs"), os.path.join(work, "lr_small.h5:/affs")
+    io.write_volume(spec, affs, meta, compression="lzf")
+    io.write_volume(small, np.ascontiguousarray(affs[:, :8, :40, :40]), meta, compression="lzf")
+    out = lambda name: os.path.join(work, name)  # noqa: E731
+    watershed_volume(small, out("w.h5"), WatershedSettings(mode="3d"))  # JIT warm-up
+    agglomerate_volume(out("w.h5"), small, [0.5], out("wa.h5"))
+    watershed_volume(small, out("wm.h5"), WatershedSettings(method="mutex", mode="3d"))
+    lines = [f"== mutex watershed: FIB-25 z 100..149 ({gt.size / 1e6:.2f} Mvoxel), {len(MUTEX_OFFSETS)} offsets, "
+             f"synthetic noise {noise:g} (not a network's)", f"{'run':42s} {'s':>7s} {'VOI':>6s} {'split':>6s} "
+             f"{'merge':>6s} {'ARAND':>6s}"]
+    start = time.perf_counter()
+    frags = watershed_volume(spec, out("frags.h5"), WatershedSettings(mode="3d"))
+    segs = agglomerate_volume(frags, spec, THRESHOLDS, out("seg_{threshold}.h5"))
+    seconds = time.perf_counter() - start
+    scored = [metrics(io.read_volume(p)[0], gt) for p in segs]
+    i = int(np.argmin([m["voi"] for m in scored]))
+    m = scored[i]
+    lines.append(f"{f'watershed + agglomerate (best t {THRESHOLDS[i]})':42s} {seconds:7.2f} {m['voi']:6.3f} "
+                 f"{m['voi_split']:6.3f} {m['voi_merge']:6.3f} {m['arand']:6.3f}")
+    for options in ({}, {"bias": 0.1}, {"bias": 0.2}, {"stride": (2, 3, 3)}):
+        start = time.perf_counter()
+        path = watershed_volume(spec, out("mutex.h5"), WatershedSettings(method="mutex", mode="3d", **options))
+        seconds = time.perf_counter() - start
+        m = metrics(io.read_volume(path)[0], gt)
+        name = "mutex " + (" ".join(f"{k}={v}" for k, v in options.items()) or "defaults")
+        lines.append(f"{name:42s} {seconds:7.2f} {m['voi']:6.3f} {m['voi_split']:6.3f} {m['voi_merge']:6.3f} "
+                     f"{m['arand']:6.3f}")
+    return lines
+
+
 def best_of(results: dict) -> tuple[float, dict]:
     i = int(np.argmin([m["voi"] for m in results["metrics"]]))
     return THRESHOLDS[i], results["metrics"][i]
@@ -294,10 +353,18 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "bench-out"))
     parser.add_argument("--quick", action="store_true", help="a 16x256x256 synthetic volume instead of 64x512x512")
     parser.add_argument("--skip-peers", action="store_true", help="only our tools")
+    parser.add_argument("--mutex", action="store_true", help="only the mutex watershed comparison (FIB-25, ~2 min)")
+    parser.add_argument("--mutex-noise", type=float, default=0.1, help="smooth noise std of its affinities")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = os.path.join(args.out, "segment-data")
     os.makedirs(work, exist_ok=True)
+    if args.mutex:
+        text = "\n".join(bench_mutex(work, args.mutex_noise))
+        print(text)
+        with open(os.path.join(args.out, "bench_segment_mutex.txt"), "w") as handle:
+            handle.write(text + "\n")
+        return
     try:
         import waterz  # noqa: F401
 

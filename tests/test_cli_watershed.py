@@ -192,3 +192,84 @@ def test_gala_fragments_respect_the_ground_truth(tmp_path):
     stray = inside.sum() - sum(main.values())
     assert stray < 0.03 * inside.sum()
     assert 100 < frags.max() < 2000
+
+
+# ----------------------------------------------------------------------------- --method mutex
+
+MUTEX_OFFSETS = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-2, 0, 0], [0, -5, 0], [0, 0, -5]]
+MUTEX_JSON = "[[-1,0,0],[0,-1,0],[0,0,-1],[-2,0,0],[0,-5,0],[0,0,-5]]"
+
+
+@pytest.fixture
+def long_range(tmp_path):
+    """Noisy long-range affinities of the cells, with and without affinity_offsets in the file."""
+    from emtools.targets import affinity_target
+
+    cells = _cells()
+    values, _ = affinity_target(cells, MUTEX_OFFSETS)
+    noise = np.random.default_rng(3).normal(0, 0.15, values.shape)
+    values = np.clip(values * 0.8 + 0.1 + noise, 0, 1).astype(np.float32)
+    tagged = str(tmp_path / "lr.h5:/affs")
+    io.write_volume(tagged, values, Metadata(axes="czyx", voxel_size_nm=(8, 8, 8),
+                                             attrs={"affinity_offsets": MUTEX_OFFSETS}))
+    bare = str(tmp_path / "bare.h5:/affs")
+    io.write_volume(bare, values, Metadata(axes="czyx", voxel_size_nm=(8, 8, 8)))
+    return tagged, bare, cells
+
+
+def test_mutex_writes_segments_and_prints_only_the_path(tmp_path, long_range):
+    from emtools.evaluate.neuron import neuron_metrics
+
+    tagged, bare, cells = long_range
+    out = tmp_path / "seg.h5"
+    result = run_tool("watershed", tagged, "--method", "mutex", "--min-size", "10", "-o", f"{out}:/seg")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{out}\n"
+    assert "segments (mutex watershed), responsible for 0:6,0:40,0:40" in result.stderr
+    labels, meta = io.read_volume(f"{out}:/seg")
+    assert labels.dtype == np.uint64 and meta.provenance[-1]["params"]["method"] == "mutex"
+    assert meta.provenance[-1]["params"]["offsets"] == MUTEX_OFFSETS
+    assert neuron_metrics(labels, cells)["adapted_rand_error"] < 0.05
+    # the offsets given on the command line instead of in the file: the same labels
+    again = watershed(bare, "--method", "mutex", "--min-size", "10", "--offsets", MUTEX_JSON, "-o", tmp_path / "b.h5")
+    assert again.returncode == 0, again.stderr
+    np.testing.assert_array_equal(io.read_volume(str(tmp_path / "b.h5"))[0], labels)
+
+
+def test_mutex_output_is_deterministic(tmp_path, long_range):
+    tagged, _, _ = long_range
+    args = ["--method", "mutex", "--stride", "1,2,2", "--long-range-fraction", "0.5", "--subset-seed", "3", "-q"]
+    for name in ("a.h5", "b.h5"):
+        assert watershed(tagged, "-o", tmp_path / name, *args).returncode == 0
+    assert _digest(tmp_path / "a.h5") == _digest(tmp_path / "b.h5")
+
+
+@pytest.mark.parametrize("which, args, fragment", [
+    ("bare", [], "has 6 channels and no affinity_offsets in its metadata; give them with --offsets"),
+    ("bare", ["--offsets", "[[-1,0,0],[0,-1,0],[0,0,-1],[-2,0,0],[0,-5,0]]"], "the affinities have 6 channels but 5 offsets are given"),
+    ("bare", ["--offsets", "[[-1,0,0],[0,-1,0],[0,0,-1],[0,-5],[0,0,-5],[-2,0,0]]"], "is not three integers z,y,x"),
+    ("bare", ["--offsets", "-1,0,0"], "--offsets must be a JSON list"),
+    ("tagged", ["--offsets", MUTEX_JSON.replace("-5]]", "-6]]")], "differ from the affinity_offsets"),
+    ("tagged", ["--threshold", "0.5"], "--threshold is for --method watershed"),
+    ("tagged", ["--bias", "3"], "--bias must be in [-1, 1]"),
+    ("tagged", ["--stride", "0,1,1"], "--stride must be three positive integers"),
+    ("nearest", [], "needs long-range affinities"),
+    ("nearest", ["--offsets", "[[-1,0,0],[0,-1,0],[0,0,-1]]"], "needs long-range offsets"),
+    ("boundary", [], "needs affinities (C, z, y, x) with long-range offsets"),
+])
+def test_mutex_bad_inputs_give_one_line_and_write_nothing(tmp_path, long_range, which, args, fragment):
+    tagged, bare, cells = long_range
+    specs = {"tagged": tagged, "bare": bare,
+             "nearest": _write(tmp_path, "nn", affinities_from_labels(cells), axes="czyx"),
+             "boundary": _write(tmp_path, "b", np.full(cells.shape, 0.5, np.float32))}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = watershed(specs[which], "--method", "mutex", "-o", tmp_path / "out.h5", *args)
+    assert_one_line_error(result, "watershed", fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_mutex_options_are_refused_without_it(tmp_path, affs):
+    spec, _ = affs
+    result = watershed(spec, "--offsets", MUTEX_JSON, "-o", tmp_path / "out.h5")
+    assert_one_line_error(result, "watershed", "--offsets is for --method mutex")
+    assert "--method mutex" in watershed("--help").stdout

@@ -162,3 +162,83 @@ def test_agglomerate_and_replay(tmp_path, affs):
         replay_volume(frags, str(tmp_path / "h.tsv"), 0.7, str(tmp_path / "x.h5"))
     with pytest.raises(EmError, match="--bins must be in 1..65536"):
         agglomerate_volume(frags, spec, 0.5, str(tmp_path / "x.h5"), score="quantile", bins=0)
+
+
+# ----------------------------------------------------------------------------- mutex watershed
+
+LONG_OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (-2, 0, 0), (0, -5, 0), (0, 0, -5))
+
+
+@pytest.fixture
+def long_range(tmp_path):
+    from emtools.targets import affinity_target
+
+    labels = _cells()
+    values, _ = affinity_target(labels, LONG_OFFSETS)
+    values = (values * 0.9 + 0.05).astype(np.float32)
+    spec = str(tmp_path / "lr.h5:/affs")
+    attrs = {"affinity_offsets": [list(o) for o in LONG_OFFSETS]}
+    io.write_volume(spec, values, Metadata(axes="czyx", voxel_size_nm=(8, 8, 8), attrs=attrs))
+    return spec, values, labels
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"method": "mutx"}, "unknown --method value 'mutx'"),
+    ({"method": "mutex", "bias": 1.5}, "--bias must be in [-1, 1], got 1.5"),
+    ({"method": "mutex", "stride": (1, 0, 2)}, "--stride must be three positive integers z,y,x, got 1,0,2"),
+    ({"method": "mutex", "long_range_fraction": 0.0}, "--long-range-fraction must be in (0, 1], got 0"),
+    ({"method": "mutex", "offsets": ((-1, 0, 0), (0, -1, 0))}, "--offsets: the first three offsets must be"),
+    ({"method": "mutex", "offsets": ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (0, -3))}, "is not three integers"),
+    ({"bias": 0.2}, "--bias is for --method mutex"),
+    ({"offsets": LONG_OFFSETS}, "--offsets is for --method mutex"),
+    ({"subset_seed": 3}, "--subset-seed is for --method mutex"),
+    ({"method": "mutex", "threshold": 0.5}, "--threshold is for --method watershed"),
+    ({"method": "mutex", "invert": True}, "--invert is for --method watershed"),
+    ({"method": "mutex", "instance": "bc"}, "--instance is for --method watershed"),
+])
+def test_mutex_settings_are_validated(changes, message):
+    with pytest.raises(EmError) as info:
+        WatershedSettings(**changes).validate()
+    assert message in str(info.value)
+    WatershedSettings(method="mutex", offsets=LONG_OFFSETS, bias=-0.2, stride=(1, 2, 2),
+                      long_range_fraction=0.5, subset_seed=4).validate()
+
+
+def test_mutex_record():
+    settings = WatershedSettings(method="mutex", stride=(1, 2, 2))
+    record = settings.record((8, 8, 8), from_affinities=True, offsets=[list(o) for o in LONG_OFFSETS])
+    assert list(record) == ["mode", "voxel_size_nm", "method", "offsets", "bias", "stride", "long_range_fraction",
+                            "subset_seed", "min_size", "small"]
+    assert record["method"] == "mutex" and record["stride"] == [1, 2, 2] and record["offsets"][3] == [-2, 0, 0]
+    assert "method" not in WatershedSettings().record((8, 8, 8), from_affinities=True)  # unchanged default
+
+
+def test_mutex_labels_on_arrays(long_range):
+    from emtools.segment.mutex import mutex_watershed
+
+    _, values, cells = long_range
+    settings = WatershedSettings(method="mutex", offsets=LONG_OFFSETS, mode="3d", min_size=5)
+    labels = watershed_labels(values, settings)
+    np.testing.assert_array_equal(labels, mutex_watershed(values, LONG_OFFSETS, mode="3d", min_size=5))
+    # clean affinities: each cell is one segment of its own (membrane voxels, label 0, aside)
+    per_cell = [np.unique(labels[cells == c]) for c in range(1, int(cells.max()) + 1)]
+    assert all(ids.size == 1 for ids in per_cell) and len({int(ids[0]) for ids in per_cell}) == len(per_cell)
+    with pytest.raises(EmError, match="needs the affinity offsets"):
+        watershed_labels(values, WatershedSettings(method="mutex"))
+
+
+def test_mutex_volume_reads_the_offsets_from_the_file(tmp_path, long_range):
+    spec, values, _ = long_range
+    settings = WatershedSettings(method="mutex", min_size=5)
+    out = watershed_volume(spec, str(tmp_path / "s.h5:/seg"), settings)
+    labels, meta = io.read_volume(out + ":/seg")
+    resolved = WatershedSettings(method="mutex", offsets=LONG_OFFSETS, min_size=5)
+    np.testing.assert_array_equal(labels, watershed_labels(values, resolved, (8, 8, 8)))
+    assert meta.attrs["fragment_count"] == labels.max() and meta.axes == "zyx"
+    assert meta.provenance[-1]["params"] == settings.record((8.0, 8.0, 8.0), True, [list(o) for o in LONG_OFFSETS])
+    # the same offsets given again are fine; other ones are refused before any work
+    watershed_volume(spec, str(tmp_path / "t.h5"), resolved)
+    other = WatershedSettings(method="mutex", offsets=LONG_OFFSETS[:5] + ((0, 0, -7),))
+    with pytest.raises(EmError, match="differ from the affinity_offsets"):
+        watershed_volume(spec, str(tmp_path / "u.h5"), other)
+    assert not (tmp_path / "u.h5").exists()

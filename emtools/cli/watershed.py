@@ -1,10 +1,11 @@
-"""em-watershed: affinities or a boundary map to supervoxels (fragments); BC/BCD instances."""
+"""em-watershed: affinities or a boundary map to supervoxels (fragments); BC/BCD instances;
+segments from long-range affinities by the mutex watershed (--method mutex)."""
 
 from __future__ import annotations
 
 import click
 
-from emtools.cli.common import FLOAT_TRIPLE, contract, emit, version_option
+from emtools.cli.common import FLOAT_TRIPLE, INT_TRIPLE, contract, emit, version_option
 
 TOOL = "em-watershed"
 
@@ -28,6 +29,16 @@ Connectomics' U3D-BC/BCD decoding: INPUT is the foreground probability, --contou
 --distance for bcd) the other maps; seeds where foreground is high, contour low (and
 distance high); the watershed stays inside the foreground.
 
+Mutex watershed (--method mutex; Wolf et al. 2018): segments, not fragments, straight from
+affinities with long-range channels (C, z, y, x), no seeds and no agglomeration. The
+offsets (z,y,x per channel, steps back; the first three the nearest neighbours) come from
+the file's affinity_offsets (em-predict writes them) or --offsets. Edges are visited by
+decreasing weight: a nearest-neighbour edge (weight = affinity) merges two clusters unless
+a long-range edge keeps them apart; a long-range edge (weight = 1 - affinity + --bias) keeps
+two clusters apart unless they are one already. --mode 2d uses only in-plane offsets.
+--stride and --long-range-fraction (chosen by --subset-seed) thin the long-range edges for speed;
+--min-size and --small act as above. The watershed-only options are refused with it.
+
 A chunk from `em-tile split` is processed with its halo and the output covers only the
 region it is responsible for (ids 1..n per chunk; `em-agglomerate offsets` makes them
 globally unique). Float inputs must lie in [0, 1]; uint8 means value / 255.
@@ -39,12 +50,16 @@ Examples:
   em-watershed snemi-probabilities.tif --invert --voxel-size 30,6,6 -o frags.h5
   em-watershed chunks/chunk_0-72_0-288_0-288.h5 -o frags/chunk_0-72_0-288_0-288.h5
   em-watershed mito_fg.h5 --instance bc --contour mito_contour.h5 -o mito.h5:/instances
+  em-watershed lr_affs.h5:/affs --method mutex --min-size 50 -o seg.h5:/segmentation
+  em-watershed affs9.h5 --method mutex --offsets '[[-1,0,0],[0,-1,0],[0,0,-1],[-3,0,0],[0,-9,0],[0,0,-9]]' -o seg.h5
 """
 
 
 @click.command(help=HELP)
 @click.argument("input_spec", metavar="INPUT")
 @click.option("-o", "--output", required=True, help="Output labels: file.h5[:/dataset] or file.tif.")
+@click.option("--method", type=click.Choice(["watershed", "mutex"]), default="watershed", show_default=True,
+              help="Seeded watershed (fragments), or the mutex watershed on long-range affinities (segments).")
 @click.option("--seeds", "seed_method", type=click.Choice(["distance", "components"]), default="distance", show_default=True,
               help="Seeds from distance-transform maxima, or from connected low-boundary regions.")
 @click.option("--mode", type=click.Choice(["auto", "2d", "3d"]), default="auto", show_default=True,
@@ -67,14 +82,28 @@ Examples:
 @click.option("--seed-distance", type=float, default=0.5, show_default=True, help="Instance seeds: distance above this (bcd).")
 @click.option("--mask-foreground", type=float, default=0.85, show_default=True, help="Instances grow where foreground is above this.")
 @click.option("--mask-distance", type=float, default=0.0, show_default=True, help="... and distance above this (bcd).")
+@click.option("--offsets", default=None, metavar="JSON",
+              help="Mutex: affinity offsets z,y,x per channel as JSON, if the file has no affinity_offsets.")
+@click.option("--bias", type=float, default=0.0, show_default=True,
+              help="Mutex: added to the long-range (repulsive) weights 1 - affinity, in [-1, 1]; positive splits more.")
+@click.option("--stride", type=INT_TRIPLE, default="1,1,1", show_default=True,
+              help="Mutex: long-range edges only from voxels on this z,y,x grid (faster).")
+@click.option("--long-range-fraction", type=float, default=1.0, show_default=True,
+              help="Mutex: keep this fraction of the long-range edges, chosen by --subset-seed (deterministic).")
+@click.option("--subset-seed", type=int, default=0, show_default=True,
+              help="Mutex: which long-range edges --long-range-fraction keeps.")
 @click.option("--voxel-size", "voxel_size_nm", type=FLOAT_TRIPLE, default=None, help="Voxel size z,y,x in nm (overrides the file's).")
 @click.option("--compression", default="gzip", show_default=True, help="gzip[:LEVEL], lzf (HDF5 only) or none.")
 @click.option("--skip-existing", is_flag=True, help="Do nothing if OUTPUT exists (resume a batch).")
 @version_option(TOOL)
 @contract(TOOL)
-def main(input_spec, output, voxel_size_nm, compression, skip_existing, contour_spec, distance_spec, **settings):
+def main(input_spec, output, voxel_size_nm, compression, skip_existing, contour_spec, distance_spec, offsets, **settings):
     # every other option is a field of WatershedSettings, which validates them
     from emtools.segment.jobs import WatershedSettings, watershed_volume
+    from emtools.segment.mutex import parse_offsets
+
+    if offsets is not None:
+        settings["offsets"] = tuple(tuple(o) for o in parse_offsets(offsets))
 
     emit(watershed_volume(input_spec, output, WatershedSettings(**settings), contour_spec=contour_spec,
                           distance_spec=distance_spec, voxel_size_nm=voxel_size_nm, compression=compression,

@@ -5,6 +5,7 @@ What lives here. Array functions, in pipeline order (numpy in, numpy out, no fil
 - :mod:`~emtools.segment.filters`: separable smoothing of maps before seeding.
 - :mod:`~emtools.segment.flood`: priority flooding (seeded watershed) on a map.
 - :mod:`~emtools.segment.watershed`: supervoxels from affinities or boundaries; BC/BCD instances.
+- :mod:`~emtools.segment.mutex`: the mutex watershed: segments straight from long-range affinities.
 - :mod:`~emtools.segment.region_graph`: fragments + map -> edges with contact statistics.
 - :mod:`~emtools.segment.agglomerate`: merge history over the region graph, segmentations at
   any thresholds.

@@ -7,6 +7,7 @@ The click commands only map their options to these calls; a library user does th
 
     from emtools.segment.jobs import WatershedSettings, agglomerate_volume, watershed_volume
     watershed_volume("affs.h5:/affs", "frags.h5", WatershedSettings(mode="3d", min_size=50))
+    watershed_volume("lr_affs.h5:/affs", "seg.h5", WatershedSettings(method="mutex", min_size=50))
     agglomerate_volume("frags.h5", "affs.h5:/affs", [0.3, 0.5], "seg_{threshold}.h5")
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 from emtools import io
 from emtools.errors import EmError
 from emtools.meta import Metadata, provenance_record, require_same_region
-from emtools.segment import watershed
+from emtools.segment import mutex, watershed
 from emtools.segment.agglomerate import merge_history, segmentations
 from emtools.segment.files import (
     as_thresholds,
@@ -50,8 +51,14 @@ AGGLOMERATE = "em-agglomerate"
 
 _UNIT = ("threshold", "seed_foreground", "seed_contour", "mask_foreground")  # must lie in [0, 1]
 _NON_NEGATIVE = ("radius", "min_distance", "sigma", "min_size", "min_seed_size")
-_CHOICES = {"seed_method": watershed.SEED_METHODS, "mode": ("auto", "2d", "3d"), "small": ("merge", "remove"),
+_CHOICES = {"method": ("watershed", "mutex"), "seed_method": watershed.SEED_METHODS, "mode": ("auto", "2d", "3d"), "small": ("merge", "remove"),
             "affinity_reduce": ("mean", "min"), "instance": (None, "bc", "bcd")}
+
+
+# fields of one method only: a value other than the default with the other method is an error
+_MUTEX_ONLY = ("offsets", "bias", "stride", "long_range_fraction", "subset_seed")
+_WATERSHED_ONLY = ("seed_method", "threshold", "radius", "min_distance", "sigma", "min_seed_size", "affinity_reduce",
+                   "invert", "instance")
 
 
 def _flag(field: str) -> str:
@@ -71,7 +78,14 @@ class WatershedSettings:
     merge into a neighbour or are removed (``small``). Instances (``instance`` bc or bcd): see
     :func:`emtools.segment.watershed.instance_segmentation` for the ``seed_*``/``mask_*``
     thresholds. ``mode='auto'``: 2d when z voxels are >= 2x the in-plane size.
+
+    ``method='mutex'``: the mutex watershed on long-range affinities instead
+    (:func:`emtools.segment.mutex.mutex_watershed` with ``offsets``, or the file's
+    ``affinity_offsets``; ``bias``, ``stride`` and ``long_range_fraction``/``subset_seed`` as there),
+    then the same ``min_size``/``small`` filter; it makes segments, with no agglomeration.
     """
+
+    method: str = "watershed"
 
     seed_method: str = "distance"
     mode: str = "auto"
@@ -90,6 +104,11 @@ class WatershedSettings:
     seed_distance: float = 0.5
     mask_foreground: float = 0.85
     mask_distance: float = 0.0
+    offsets: tuple | None = None
+    bias: float = 0.0
+    stride: tuple = (1, 1, 1)
+    long_range_fraction: float = 1.0
+    subset_seed: int = 0
 
     def validate(self) -> WatershedSettings:
         """One-line error for the first value out of range (named by its em-watershed option)."""
@@ -105,7 +124,26 @@ class WatershedSettings:
             value = getattr(self, name)
             if value not in choices:
                 raise unknown_choice(f"{_flag(name)} value", str(value), [str(c) for c in choices if c is not None])
+        self._validate_mutex()
         return self
+
+    def _validate_mutex(self) -> None:
+        if not -1.0 <= self.bias <= 1.0:
+            raise EmError(f"--bias must be in [-1, 1], got {self.bias:g}")
+        if len(self.stride) != 3 or any(int(s) != s or s < 1 for s in self.stride):
+            raise EmError(f"--stride must be three positive integers z,y,x, got {','.join(str(s) for s in self.stride)}")
+        if not 0.0 < self.long_range_fraction <= 1.0:
+            raise EmError(f"--long-range-fraction must be in (0, 1], got {self.long_range_fraction:g}")
+        if self.offsets is not None:
+            try:
+                mutex.check_offsets(self.offsets)
+            except EmError as exc:
+                raise EmError(f"--offsets: {exc}") from None
+        default = WatershedSettings()
+        this_only, other = (_MUTEX_ONLY, "mutex") if self.method == "watershed" else (_WATERSHED_ONLY, "watershed")
+        for name in this_only:
+            if getattr(self, name) != getattr(default, name):
+                raise EmError(f"{_flag(name)} is for --method {other}")
 
     def check_inputs(self, contour: bool, distance: bool) -> None:
         """One-line error unless the instance mode has exactly the maps it needs."""
@@ -125,9 +163,16 @@ class WatershedSettings:
         voxel = voxel_size_nm
         return "2d" if voxel[0] >= 2.0 * min(voxel[1], voxel[2]) else "3d"
 
-    def record(self, voxel_size_nm: Sequence[float], from_affinities: bool) -> dict:
-        """The resolved parameters that a provenance record lists."""
+    def record(self, voxel_size_nm: Sequence[float], from_affinities: bool, offsets=None) -> dict:
+        """The resolved parameters that a provenance record lists (``offsets``: those the
+        mutex watershed used)."""
         params = {"mode": self.resolved_mode(voxel_size_nm), "voxel_size_nm": list(voxel_size_nm)}
+        if self.method == "mutex":
+            params.update(method="mutex", offsets=[list(o) for o in (offsets or self.offsets or [])])
+            names = ("bias", "stride", "long_range_fraction", "subset_seed", "min_size", "small")
+            params.update((name, list(getattr(self, name)) if name == "stride" else getattr(self, name))
+                          for name in names)
+            return params
         if self.instance is None:
             if from_affinities:
                 params["affinity_reduce"] = self.affinity_reduce
@@ -145,8 +190,17 @@ def watershed_labels(values: np.ndarray, settings: WatershedSettings = Watershed
                      distance: np.ndarray | None = None) -> np.ndarray:
     """Labels (uint64, 1..n) over the whole of ``values``: affinities (3, z, y, x) or a boundary
     map (z, y, x) for fragments; the foreground probability (with ``contour`` and, for bcd,
-    ``distance``) for instances. ``invert`` is for the reader (see :func:`watershed_volume`)."""
+    ``distance``) for instances; affinities (C, z, y, x) with ``settings.offsets`` for the
+    mutex watershed. ``invert`` is for the reader (see :func:`watershed_volume`)."""
     mode = settings.resolved_mode(voxel_size_nm)
+    if settings.method == "mutex":
+        if settings.offsets is None:
+            raise EmError("--method mutex needs the affinity offsets (--offsets)")
+        return mutex.mutex_watershed(
+            values, settings.offsets, mode=mode, bias=settings.bias, stride_zyx=settings.stride,
+            long_range_fraction=settings.long_range_fraction, seed=settings.subset_seed, min_size=settings.min_size,
+            merge_small=settings.small == "merge",
+        )
     if settings.instance is not None:
         return watershed.instance_segmentation(
             values, contour, distance, seed_foreground=settings.seed_foreground, seed_contour=settings.seed_contour,
@@ -184,6 +238,8 @@ def watershed_volume(input_spec: str, output: str, settings: WatershedSettings =
         return io.output_file(output)
 
     started = time.perf_counter()
+    if settings.method == "mutex":
+        return _mutex_volume(input_spec, output, settings, voxel_size_nm, compression, started)
     instance = settings.instance
     source = read_map(input_spec, voxel_size_nm, invert=settings.invert, kind="auto" if instance is None else "boundary")
     meta = source.meta
@@ -218,6 +274,60 @@ def watershed_volume(input_spec: str, output: str, settings: WatershedSettings =
     log.info("%d %s, responsible for %s (global voxels z,y,x), %.1f s, %.2f Mvoxel/s",
              count, "instances" if instance else "fragments", responsible.text(), elapsed,
              data_box.size / max(elapsed, 1e-9) / 1e6)
+    return path
+
+
+def _read_long_range(spec: str, voxel_size_nm, offsets) -> tuple[np.ndarray, list[list[int]], Metadata, object]:
+    """All channels of long-range affinities, their offsets (the file's ``affinity_offsets`` or
+    ``offsets``; both must agree), metadata and box; one-line errors for what cannot be used."""
+    with io.open_volume(spec, voxel_size_nm=voxel_size_nm) as source:
+        shape, meta, box, dtype = source.shape, source.meta, source.box, np.dtype(source.dtype)
+        if len(shape) != 4:
+            raise EmError(f"--method mutex needs affinities (C, z, y, x) with long-range offsets, but {spec} is 3D")
+        if dtype != np.uint8 and dtype.kind != "f":
+            raise EmError(f"{spec}: affinities must be float32, float16 or uint8 (0..255), got {dtype}")
+        stored = meta.attrs.get("affinity_offsets")
+        if stored is not None:
+            stored = [[int(v) for v in o] for o in stored]
+            if offsets is not None and [list(o) for o in offsets] != stored:
+                raise EmError(f"--offsets {[list(o) for o in offsets]} differ from the affinity_offsets of {spec} "
+                              f"({stored})")
+            offsets = stored
+        if offsets is None and shape[0] == 3:
+            raise EmError(f"--method mutex needs long-range affinities, but {spec} has only the 3 nearest-neighbour "
+                          "channels")
+        if offsets is None:
+            raise EmError(f"{spec} has {shape[0]} channels and no affinity_offsets in its metadata; "
+                          "give them with --offsets")
+        try:
+            offsets = mutex.check_offsets(offsets, shape[0])
+        except EmError as exc:
+            raise EmError(f"{exc} ({spec})") from None
+        values = source.read()
+    return values, offsets, meta, box
+
+
+def _mutex_volume(input_spec, output, settings, voxel_size_nm, compression, started) -> str:
+    """The em-watershed job for ``--method mutex``: reads all channels, writes segments."""
+    values, offsets, meta, box = _read_long_range(input_spec, voxel_size_nm, settings.offsets)
+    data_box, responsible = chunk_regions(meta, box)
+    voxel = meta.voxel_size_nm
+    resolved = dataclasses.replace(settings, offsets=tuple(tuple(o) for o in offsets))
+    try:
+        labels = watershed_labels(values, resolved, voxel)
+    except EmError as exc:
+        raise EmError(f"{exc} ({input_spec})") from None
+    del values
+    if responsible != data_box:
+        labels = crop_and_renumber(labels, data_box.local(responsible))
+    count = int(labels.max()) if labels.size else 0
+    params = settings.record(voxel, from_affinities=True, offsets=offsets)
+    out_meta = cropped_metadata(meta, responsible, {"fragment_count": count})
+    out_meta = out_meta.with_record(provenance_record("em-watershed", params, [(input_spec, meta)]))
+    path = io.write_volume(output, labels, out_meta, compression=compression)
+    elapsed = time.perf_counter() - started
+    log.info("%d segments (mutex watershed), responsible for %s (global voxels z,y,x), %.1f s, %.2f Mvoxel/s",
+             count, responsible.text(), elapsed, data_box.size / max(elapsed, 1e-9) / 1e6)
     return path
 
 
