@@ -16,12 +16,18 @@ voxels per patch. Bare forwards are timed on up to --sample batches and scaled t
 count (the forward time per batch is steady); the quick run times them all. Each row is the
 minimum of --repeat runs, pipeline and bare alternating.
 
+Then em-predict's defaults (the patch and overlap it chooses for the memory budget) against the
+old defaults (the training input size as the patch, 50% overlap) on the same volume in the same
+run: Mvox/s of each, the speedup, the patch chosen, and the share of the FLOP limit: the model's
+FLOPs per voxel times what overlap and crop recompute, against the peak that em-profile measures
+(emtools.profile.timing.calibrate_peak, with the same threads).
+
 With CUDA present, the same rows also run on the GPU in fp32 and bf16 (autocast; wall time
 with synchronisation, since CPU time says little there); that path is written but was not
 measured on the development machine (no GPU).
 
 Usage:  python benchmarks/bench_predict.py [--quick] [--volume 18,160,160] [--models rsunet,rsunet-efficient]
-                                          [--threads 1] [--repeat N] [--sample 8] [--batch 1]
+                                          [--threads 1] [--repeat N] [--sample 8] [--batch 1] [--defaults-only]
 
 The full run takes about 15-20 minutes on one CPU core (the full-size rsunet needs ~2-4 s per
 18x160x160 patch there); --quick about a minute and a half. The table goes to stdout.
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -127,6 +134,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=8, help="batches timed for the bare forwards (full run)")
     parser.add_argument("--models", default="rsunet,rsunet-efficient", help="comma-separated presets")
     parser.add_argument("--out", default=None, help="folder for bench_predict.json (make bench)")
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="only the comparison of em-predict's defaults with the old ones")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     opts.repeat = opts.repeat or (3 if opts.quick else 1)
@@ -138,17 +147,22 @@ def main() -> None:
         devices += [("cuda", "fp32"), ("cuda", "bf16")]
     image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     rows = []
+    if opts.defaults_only:
+        models_to_time, models_compared = {}, models
+    else:
+        models_to_time = models_compared = models
     with tempfile.TemporaryDirectory() as folder:
         raw = os.path.join(folder, "raw.h5:/image")
         io.write_volume(raw, image, Metadata(voxel_size_nm=tuple(VOXEL)))
-        for name, (words, patch) in models.items():
+        for name, (words, patch) in models_to_time.items():
             ckpt, model, spec = make_checkpoint(folder, name, words, patch)
             for device_name, precision in devices:
                 device = torch.device(device_name)
                 for overlap, tta in ROWS:
                     say(f"{name} {device_name} {precision} overlap {overlap} tta {tta}")
                     out = os.path.join(folder, "pred.h5")
-                    args = [ckpt, raw, "-o", out, "--overlap", overlap, "--tta", str(tta), "--batch", str(opts.batch),
+                    args = [ckpt, raw, "-o", out, "--patch", ",".join(map(str, patch)), "--overlap", overlap,
+                            "--tta", str(tta), "--batch", str(opts.batch),
                             "--device", device_name, "--precision", precision, "--threads", str(opts.threads), "-q"]
                     # Warm up (oneDNN builds its kernels for each new shape at the first call).
                     bare_forwards(model, spec, image, patch, overlap, opts.batch, 1, device, precision, 1)
@@ -166,19 +180,63 @@ def main() -> None:
                     steady = stride_voxels * patches / wall
                     rows.append((name, f"{device_name}/{precision}", overlap, tta, patches, wall, cpu, bare_wall,
                                  bare_cpu, image.size / wall, steady, overhead))
+    defaults = compare_defaults(models_compared, image, opts)
     header = ("model", "device", "overlap", "tta", "patches", "wall_s", "cpu_s", "bare_wall_s", "bare_cpu_s",
               "Mvox/s", "Mvox/s_large", "overhead")
-    print("\t".join(header))
+    if rows:
+        print("\t".join(header))
     for name, dev, overlap, tta, patches, wall, cpu, bare_wall, bare_cpu, speed, steady, overhead in rows:
         print(f"{name}\t{dev}\t{overlap}\t{tta}\t{patches}\t{wall:.2f}\t{cpu:.2f}\t{bare_wall:.2f}\t{bare_cpu:.2f}\t"
               f"{speed / 1e6:.4f}\t{steady / 1e6:.4f}\t{overhead:+.1%}")
-    worst = max(r[-1] for r in rows)
-    print(f"# volume {','.join(map(str, shape))}, {opts.threads} thread(s); worst overhead {worst:+.1%} "
-          f"(target <= +15%): {'met' if worst <= 0.15 else 'NOT met'}")
+    if rows:
+        worst = max(r[-1] for r in rows)
+        print(f"# volume {','.join(map(str, shape))}, {opts.threads} thread(s); worst overhead {worst:+.1%} "
+              f"(target <= +15%): {'met' if worst <= 0.15 else 'NOT met'}")
     if opts.out:
         os.makedirs(opts.out, exist_ok=True)
         with open(os.path.join(opts.out, "bench_predict.json"), "w") as handle:
-            json.dump({"volume_zyx": list(shape), "threads": opts.threads, "columns": header, "rows": rows}, handle, indent=1)
+            json.dump({"volume_zyx": list(shape), "threads": opts.threads, "columns": header, "rows": rows,
+                       "defaults": defaults}, handle, indent=1)
+
+
+def compare_defaults(models: dict, image: np.ndarray, opts) -> list[dict]:
+    """em-predict with no window options against the old defaults (training patch, 50% overlap)."""
+    from emtools.profile.flops import totals, trace_layers
+    from emtools.profile.timing import calibrate_peak
+
+    peak = calibrate_peak(torch.device("cpu")).flops_per_s
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        raw = os.path.join(folder, "raw.h5:/image")
+        io.write_volume(raw, image, Metadata(voxel_size_nm=tuple(VOXEL)))
+        for name, (words, patch) in models.items():
+            ckpt, model, spec = make_checkpoint(folder, name, words, patch)
+            pred = os.path.join(folder, "pred.h5")
+            common = [ckpt, raw, "-o", pred, "--threads", str(opts.threads), "-q"]
+            cases = {"old default": ["--patch", ",".join(map(str, patch)), "--overlap", "0.5"], "default": []}
+            for label, extra in cases.items():
+                say(f"{name} cpu fp32 {label}")
+                run_pipeline(common + extra)  # warm-up (oneDNN builds kernels per shape)
+                wall = min(run_pipeline(common + extra)[0] for _ in range(opts.repeat))
+                params = io.read_volume(pred)[1].provenance[-1]["params"]
+                window = make_grid(params["patch_zyx"], (params["crop_lo_zyx"], params["crop_hi_zyx"]),
+                                   ("voxels", (0, 0, 0)))
+                window = dataclasses.replace(window, stride_zyx=tuple(params["stride_zyx"]))
+                patches = window.count(Box.from_shape(image.shape))
+                flops = totals(trace_layers(model, (1, 1, *params["patch_zyx"]))).flops_fwd * patches
+                out.append({"model": name, "case": label, "patch_zyx": params["patch_zyx"],
+                            "stride_zyx": params["stride_zyx"], "patches": patches, "wall_s": wall,
+                            "mvox_s": image.size / wall / 1e6, "gflop_s": flops / wall / 1e9,
+                            "flop_limit_share": flops / wall / peak})
+    print("model\tcase\tpatch\tstride\tpatches\twall_s\tMvox/s\tGFLOP/s\t%FLOP_limit\tspeedup")
+    for row in out:
+        old = next(r for r in out if r["model"] == row["model"] and r["case"] == "old default")
+        print(f"{row['model']}\t{row['case']}\t{','.join(map(str, row['patch_zyx']))}\t"
+              f"{','.join(map(str, row['stride_zyx']))}\t{row['patches']}\t{row['wall_s']:.2f}\t{row['mvox_s']:.4f}\t"
+              f"{row['gflop_s']:.2f}\t{100 * row['flop_limit_share']:.1f}%\t{old['wall_s'] / row['wall_s']:.2f}x")
+    print(f"# defaults: measured peak {peak / 1e9:.1f} GFLOP/s ({opts.threads} thread(s)); the FLOP limit counts the "
+          "FLOPs of every patch computed")
+    return out
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ from emtools.models.heads import default_heads, heads_to_dict
 
 torch.set_num_threads(1)
 VOXEL = (40.0, 4.0, 4.0)
-# The same sliding window for every run here: patch 4,24,24, crop auto (0,3,3), half overlap in y,x.
-WINDOW = ["--overlap", "0,0.5,0.5", "--batch", "4", "--blend", "bump", "-q"]
+# The same sliding window for every run here: patch 4,24,24 (the training input size; the default
+# patch is chosen for speed, see test_default_patch_*), crop auto (0,3,3), half overlap in y,x.
+TRAIN_PATCH = ["--patch", "4,24,24"]
+WINDOW = [*TRAIN_PATCH, "--overlap", "0,0.5,0.5", "--batch", "4", "--blend", "bump", "-q"]
 NORM = {"scale": 1 / 255, "mean": 0.5, "std": 0.25}
 
 
@@ -195,7 +197,7 @@ def test_small_volume_is_padded_with_a_warning(tmp_path, data):
     raw = str(tmp_path / "small.h5")
     io.write_volume(raw, data["image"][:3, :10, :12], Metadata(voxel_size_nm=VOXEL))
     result = predict(data["ckpt"], raw, "--heads", "foreground", "-o", tmp_path / "p.h5", "--overlap", "0",
-                     "--precision", "bf16", "--device", "cpu")
+                     "--precision", "bf16", "--device", "cpu", *TRAIN_PATCH)
     assert result.returncode == 0, result.output
     assert "is smaller than the patch 4,24,24: it is padded by mirroring" in result.stderr
     from emtools.profile.options import cpu_has_bf16_units
@@ -208,7 +210,8 @@ def test_small_volume_is_padded_with_a_warning(tmp_path, data):
 def test_a_halo_below_the_model_context_is_warned_about(tmp_path, data):
     split = tile("split", data["raw"], "--chunk", "8,36,36", "--halo", "0,4,4", "-o", tmp_path / "c", "-q")
     chunk = split.stdout.split()[0]
-    result = predict(data["ckpt"], chunk, "--heads", "foreground", "-o", tmp_path / "p.h5", "--overlap", "0")
+    result = predict(data["ckpt"], chunk, "--heads", "foreground", "-o", tmp_path / "p.h5", "--overlap", "0",
+                     *TRAIN_PATCH)
     assert result.returncode == 0, result.output
     assert "is below the context of the model (3,17,17 below, 3,17,17 above)" in result.stderr
 
@@ -268,12 +271,12 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, data):
     (["--heads", "boundary"], ["no head 'boundary' in the model; its heads are affinity, foreground"]),
     (["--overlap", "1"], ["--overlap 1: a fraction must be in [0, 1)"]),
     (["--overlap", "-0.25"], ["a fraction must be in [0, 1)"]),
-    (["--overlap", "0,30,30"], ["--overlap of 30 voxels along y is not below the kept patch output (18 voxels)"]),
+    ([*TRAIN_PATCH, "--overlap", "0,30,30"], ["--overlap of 30 voxels along y is not below the kept patch output (18 voxels)"]),
     (["--patch", "4,25,24"], ["input 4,25,24 does not fit the pooling", "nearest valid sizes 4,24,24 or 4,26,24"]),
     (["--tta", "17"], ["--tta 17: choose 1 (none) to 16 variants"]),
     (["--tta-reduce", "median"], ["'median' is not one of mean, min, max"]),
     (["--precision", "fp16", "--device", "cpu"], ["--precision fp16 needs a GPU"]),
-    (["--crop", "valid"], ["--crop valid removes 6+6 voxels of the 4-voxel patch along z"]),
+    ([*TRAIN_PATCH, "--crop", "valid"], ["--crop valid removes 6+6 voxels of the 4-voxel patch along z"]),
     (["--normalization", "1,2"], ["give SCALE,MEAN,STD"]),
     (["--channels", "affinity=0:4"], ["head affinity has channels 0:3"]),
 ])
@@ -352,3 +355,94 @@ def test_real_isbi_slices_through_predict_and_watershed(tmp_path):
     assert affs.shape == (3, 2, 512, 512) and affs.dtype == np.uint8 and meta.voxel_size_nm == (50.0, 4.0, 4.0)
     frags = run_inprocess(watershed, f"{tmp_path}/image_affinity.h5", "-o", tmp_path / "frags.h5", "-q")
     assert frags.returncode == 0, frags.output
+
+
+def _patch_of(path):
+    return io.read_volume(str(path))[1].provenance[-1]["params"]
+
+
+def test_default_patch_is_chosen_for_speed_and_matches_an_explicit_run(tmp_path, data, monkeypatch):
+    """Without --patch: a valid patch larger than the training input (4,24,24), logged; no overlap
+    along axes one patch covers, 0.25 elsewhere; the maps equal an explicit run with that window."""
+    from emtools.predict import autopatch
+
+    monkeypatch.setattr(autopatch, "available_memory_bytes", lambda: 64 << 30)
+    out = tmp_path / "auto_{head}.h5"
+    result = predict(data["ckpt"], data["raw"], "-o", out, "--block", "8,36,36")
+    assert result.returncode == 0, result.output
+    params = _patch_of(tmp_path / "auto_affinity.h5")
+    patch = params["patch_zyx"]
+    assert all(p >= t and p % f == 0 for p, t, f in zip(patch, (4, 24, 24), (1, 2, 2))) and patch != [4, 24, 24]
+    lines = result.stderr.splitlines()
+    assert patch == [10, 30, 30] and lines[0] == (
+        "em-predict: patch 10,30,30, crop 1,3,3/1,3,3, kept 8,24,24, stride 8,18,18, overlap 0,0.25,0.25, batch 1: "
+        "chosen within the default memory budget 4G (about 5.6M); 9 patches per block, each voxel computed 7.8 times")
+    assert lines[-1].startswith("em-predict: done: 41472 voxels in ") and "Mvoxel/s; " in lines[-1]
+    assert params["patch_chosen_for_memory_bytes"] > 0
+    explicit = predict(data["ckpt"], data["raw"], "-o", tmp_path / "explicit_{head}.h5", "--block", "8,36,36",
+                       "--patch", ",".join(map(str, patch)), "--overlap", "0,0.25,0.25", "-q")
+    assert explicit.returncode == 0, explicit.output
+    for head in ("affinity", "foreground"):
+        assert np.array_equal(io.read_volume(str(tmp_path / f"auto_{head}.h5"))[0],
+                              io.read_volume(str(tmp_path / f"explicit_{head}.h5"))[0])
+    whole = predict(data["ckpt"], data["raw"], "-o", tmp_path / "one_{head}.h5", "-q")  # one block: one patch
+    assert whole.returncode == 0, whole.output
+    one = _patch_of(tmp_path / "one_affinity.h5")
+    assert one["patch_zyx"] == [10, 94, 94] and one["stride_zyx"] == [8, 72, 72]  # kept 8,72,72 covers it
+
+
+def test_a_memory_budget_bounds_the_default_patch(tmp_path, data):
+    result = predict(data["ckpt"], data["raw"], "-o", tmp_path / "p_{head}.h5", "--memory", "6M")
+    assert result.returncode == 0, result.output
+    patch = _patch_of(tmp_path / "p_affinity.h5")["patch_zyx"]
+    assert patch != [10, 94, 94] and all(p >= t for p, t in zip(patch, (4, 24, 24)))
+    assert "chosen within --memory 6M (about " in result.stderr
+
+
+def test_progress_lines_without_a_terminal(tmp_path, data, monkeypatch):
+    from emtools.predict import pace
+
+    ticks = iter(range(0, 10_000, 31))
+    monkeypatch.setattr(pace, "clock", lambda: float(next(ticks)))
+    result = predict(data["ckpt"], data["raw"], "-o", tmp_path / "p_{head}.h5", *TRAIN_PATCH, "--block", "8,36,36")
+    assert result.returncode == 0, result.output
+    beats = [line for line in result.stderr.splitlines() if " Mvoxel (" in line]
+    assert beats == [
+        "em-predict: raw.h5: 1/4 blocks, 0.01/0.04 Mvoxel (25%), 0.000 Mvoxel/s, about 1 min 33 s left",
+        "em-predict: raw.h5: 2/4 blocks, 0.02/0.04 Mvoxel (50%), 0.000 Mvoxel/s, about 1 min 02 s left",
+        "em-predict: raw.h5: 3/4 blocks, 0.03/0.04 Mvoxel (75%), 0.000 Mvoxel/s, about 31 s left",
+    ]
+    quiet = predict(data["ckpt"], data["raw"], "-o", tmp_path / "q_{head}.h5", *TRAIN_PATCH, "--block", "8,36,36",
+                    "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--memory", "4X"], "em-predict: error: --memory '4X': give a size such as 4G, 512M or 1.5GiB (binary units)"),
+    (["--memory", "1M"], "em-predict: error: --memory 1M is too small for any patch: the smallest, 4,24,24, needs "
+                         "about 2.9M (with the block buffers of 8,72,72 voxels); give --memory 2.9M or more, a smaller "
+                         "--block, or --patch"),
+    (["--patch", "5,25,23"], "em-predict: error: input 5,25,23 does not fit the pooling of rsunet: z,y,x must be "
+                             "multiples of 1,2,2; nearest valid sizes 5,24,22 or 5,26,24"),
+])
+def test_bad_memory_and_patch_are_one_line_errors(tmp_path, data, args, message):
+    result = predict(data["ckpt"], data["raw"], "-o", tmp_path / "o_{head}.h5", *args)
+    assert_one_line_error(result, "predict")
+    assert result.stderr.strip() == message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_patch_chunks_merge_into_the_default_whole_volume_prediction(tmp_path, data, chunks):
+    """A chunk counts as its whole volume when the patch is chosen: every chunk gets the patch of
+    a whole-volume run, so the merged chunk maps equal it (the halo covers the model's context)."""
+    whole = predict(data["ckpt"], data["raw"], "--heads", "foreground", "-o", tmp_path / "whole.h5", "-q")
+    assert whole.returncode == 0, whole.output
+    inputs = chunks[0]
+    result = predict(data["ckpt"], *inputs, "--heads", "foreground", "-o", f"{tmp_path}/c/", "-q")
+    assert result.returncode == 0, result.output
+    outputs = result.stdout.split()
+    assert {tuple(_patch_of(p)["patch_zyx"]) for p in outputs} == {tuple(_patch_of(tmp_path / "whole.h5")["patch_zyx"])}
+    merged = tile("merge", *outputs, "--blend", "none", "-o", tmp_path / "merged.h5", "-q")
+    assert merged.returncode == 0, merged.output
+    values = io.read_volume(str(tmp_path / "merged.h5"))[0]
+    assert np.abs(values - io.read_volume(str(tmp_path / "whole.h5"))[0]).max() < 1e-5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import time
 
@@ -24,7 +25,7 @@ from emtools.cli.common import (
 )
 from emtools.errors import EmError
 from emtools.meta import Metadata, provenance_record
-from emtools.predict import BLENDS, OUTPUT_DTYPES, PRECISIONS, windows
+from emtools.predict import BLENDS, OUTPUT_DTYPES, PRECISIONS, pace, windows
 from emtools.predict.outputs import encode, output_axes, output_metadata, output_shape, output_specs
 from emtools.tiling.geometry import Box
 
@@ -36,8 +37,13 @@ from `em-tile split` (`-` reads specs from stdin, one per line); write one map p
 \b
 How:
   - The input is normalised as in training (the checkpoint's normalization) and cut into
-    patches on one grid anchored at the volume's first voxel (--patch, default the training
-    input size; --overlap between neighbours); patches run in batches (--batch).
+    patches on one grid anchored at the volume's first voxel (--overlap between neighbours);
+    patches run in batches (--batch). Without --patch, the patch is the size, at least the
+    training input size and accepted by the model's pooling, that computes a block with the
+    fewest FLOPs (on large volumes: the largest) among those whose estimated memory fits
+    --memory; the overlap is then 0 along axes where one patch covers the volume, else 0.25
+    (with --patch: 0.5). The choice is logged; pass it as --patch and --overlap to reproduce a
+    run elsewhere.
   - Each patch output loses --crop voxels at its border (auto: the model's receptive-field
     margin, at most 1/8 of the patch; valid: the whole margin) and is blended with its
     neighbours (--blend gaussian, bump or constant weights). Beyond the volume border the
@@ -52,8 +58,9 @@ How:
 A chunk is predicted over its whole file (the halo is context) and its maps keep the chunk's
 regions, for `em-tile merge` or em-watershed (which crops to the responsible region). The grid
 is global: with a halo of at least the context the model sees (logged with -v), chunk
-predictions equal a whole-volume prediction. Under torchrun, chunks are shared out across
-ranks (cuda:LOCAL_RANK each, or the CPU); a single volume's blocks are shared out and rank 0
+predictions equal a whole-volume prediction (the default patch is chosen for the whole volume
+and the default --memory is the same everywhere, so every chunk gets the same patch).
+Under torchrun, chunks are shared out across ranks (cuda:LOCAL_RANK each, or the CPU); a single volume's blocks are shared out and rank 0
 writes. The input's voxel size must match the training voxel size (--force overrides).
 
 -o is a template: {name} (the input file name without suffix) is needed for several inputs,
@@ -76,9 +83,13 @@ Examples:
 @click.option("-o", "--output", required=True,
               help="Output template: file.h5[:/dataset] or file.tif with {name}/{head}, or a folder.")
 @click.option("--patch", "patch_zyx", type=INT_TRIPLE, default=None,
-              help="Patch size z,y,x (default: the training input size in the checkpoint).")
-@click.option("--overlap", default="0.5", show_default=True,
-              help="Overlap of neighbouring patch outputs: a fraction in [0, 1) (or z,y,x fractions), or z,y,x voxels.")
+              help="Patch size z,y,x (default: chosen for speed within --memory, see above).")
+@click.option("--memory", default=None, metavar="SIZE",
+              help="Memory budget for choosing the patch, e.g. 8G or 512M (default: 4G, the same on every "
+                   "machine so that the output is too).")
+@click.option("--overlap", default="auto", show_default=True,
+              help="Overlap of neighbouring patch outputs: a fraction in [0, 1) (or z,y,x fractions), or z,y,x voxels; "
+                   "auto: 0.5 with --patch, else chosen with the patch (see above).")
 @click.option("--crop", default="auto", show_default=True,
               help="Voxels cut from each patch output's border: auto, valid (receptive field) or z,y,x.")
 @click.option("--blend", type=click.Choice(BLENDS), default="gaussian", show_default=True,
@@ -119,11 +130,17 @@ Examples:
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs all exist (resume a batch).")
 @version_option(TOOL)
 @contract(TOOL)
-def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta, tta_reduce, head_names,
+def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, batch, tta, tta_reduce, head_names,
          channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, onednn, winograd, device, threads,
          normalization, voxel_size_nm, force, compression, skip_existing):
     io.parse_compression(compression)
-    overlap_spec = windows.parse_overlap(overlap)
+    from emtools.predict import autopatch
+
+    auto_overlap = overlap.strip().lower() == "auto"
+    if auto_overlap and patch_zyx is not None:
+        overlap = "0.5"  # with --patch, the overlap it always had
+    overlap_spec = None if auto_overlap and patch_zyx is None else windows.parse_overlap(overlap)
+    budget = autopatch.parse_memory(memory) if memory is not None else None
     for name, value in (("--batch", batch), ("--threads", threads if threads is not None else 1)):
         if value < 1:
             raise EmError(f"{name} must be at least 1, got {value}")
@@ -148,13 +165,25 @@ def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta
     if threads is not None:
         torch.set_num_threads(threads)
     model = _load(checkpoint, patch_zyx, head_names, channel_ranges, tta_reduce, normalization)
-    crop_lo_hi = windows.resolve_crop(crop, model.patch_zyx, model.rf_lo, model.rf_hi)
-    grid = windows.make_grid(model.patch_zyx, crop_lo_hi, overlap_spec)
+    auto = patch_zyx is None
+    if auto:
+        windows.crop_margins(crop, model.patch_zyx, model.rf_lo, model.rf_hi)  # checks the text before the inputs
+    else:  # an explicit patch is checked before the inputs, as it always was
+        grid = _grid(model, crop, overlap_spec)
     outputs = output_specs(output, specs, [s.name for s in model.selection])
     new_folder = _new_folder(output)
     _check_outputs(outputs, specs, checkpoint, new_folder)
     jobs = [_inspect(spec, model, voxel_size_nm, force) for spec in specs]
-    _warn_context(jobs, grid, model)
+    if auto:
+        label = f"--memory {memory}" if memory is not None else None
+        choice = _choose_patch(model, jobs, crop, overlap_spec, block_zyx, batch, tta, budget, label)
+        warning = autopatch.memory_warning(choice)
+        if warning:
+            log.warning(warning)
+        model = dataclasses.replace(model, patch_zyx=choice.patch_zyx)
+        overlap_spec, overlap = choice.overlap, choice.overlap_text()
+        grid = _grid(model, crop, overlap_spec)
+    _warn_context(jobs, grid, model, auto)
 
     dev = sharding.select_device(device, ranks.local_rank)
     if precision == "bf16" and dev.type == "cpu":
@@ -163,6 +192,9 @@ def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta
         if not cpu_has_bf16_units():
             log.warning("--precision bf16 on a CPU without bf16 units is emulated, much slower than fp32 "
                         "(about 80x here)")
+    # Counted before the execution options swap convolution classes (their kernels do not run on 'meta').
+    flops_per_patch = pace.flops_per_patch_of(model.module, model.spec.in_channels, grid.patch_zyx) \
+        if log.isEnabledFor(logging.INFO) else 0
     predictor = engine.Predictor(
         model.module, model.heads, grid, selection=model.selection, blend=blend, tta=tta,
         tta_reduce=model.reduce, batch=batch, device=dev, precision=precision,
@@ -175,12 +207,23 @@ def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta
         "stride_zyx": list(grid.stride_zyx), "blend": blend, "tta": tta, "tta_reduce": model.reduce,
         "dtype": dtype, "precision": precision, "normalization": model.normalization,
         "training_voxel_size_nm": model.voxel_size_nm, "forced": force,
+        **({"patch_chosen_for_memory_bytes": choice.budget_bytes} if auto else {}),
     })
     where = f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.distributed else ""
     if new_folder:
         os.makedirs(new_folder, exist_ok=True)  # every check passed: now the output folder may appear
+    window = f"{grid.describe()}, overlap {overlap}, batch {batch}"
+    if auto:  # logged once every check has passed (an error stays one line)
+        log.info("%s%s: chosen within %s (about %s); %d patch%s per block, each voxel computed %.1f times", where,
+                 window, f"--memory {memory}" if memory is not None else
+                 f"the default memory budget {autopatch.format_bytes(choice.budget_bytes)}",
+                 autopatch.format_bytes(choice.estimate_bytes), choice.patches, "es" * (choice.patches != 1),
+                 choice.recompute)
+    else:
+        log.debug("%s%s", where, window)
     if len(jobs) == 1 and ranks.distributed:
         _run_sharded_volume(jobs[0], outputs[0], predictor, settings, ranks, skip_existing, where)
+        settings.tally.log_summary(flops_per_patch, grid.patch_zyx, len(predictor.variants), dev, where)
         return
     for index in ranks.mine(range(len(jobs))):
         job, outs = jobs[index], outputs[index]
@@ -191,6 +234,7 @@ def main(checkpoint, inputs, output, patch_zyx, overlap, crop, blend, batch, tta
             continue
         for path in _predict_input(job, outs, predictor, settings, where):
             emit(path)
+    settings.tally.log_summary(flops_per_patch, grid.patch_zyx, len(predictor.variants), dev, where)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -241,6 +285,29 @@ def _load(path, patch_zyx, head_names, channel_ranges, tta_reduce, normalization
     return LoadedModel(module, spec, heads, selection, _parse_reduce(tta_reduce, [s.name for s in selection]),
                        norm, [float(v) for v in voxel] if voxel else None, tuple(patch_zyx), size, lo, hi,
                        _sha256(path), path)
+
+
+def _grid(model: LoadedModel, crop: str, overlap_spec):
+    return windows.make_grid(model.patch_zyx, windows.resolve_crop(crop, model.patch_zyx, model.rf_lo, model.rf_hi),
+                             overlap_spec)
+
+
+def _choose_patch(model: LoadedModel, jobs: list, crop: str, overlap_spec, block_zyx, batch: int, tta: int,
+                  budget: int | None, label: str | None):
+    """The default patch (:func:`emtools.predict.autopatch.choose_for_inputs`); a chunk counts as
+    its whole volume, so all chunks of a volume get the patch of a whole-volume run."""
+    from emtools.predict import autopatch
+
+    def volume_shape(job: Job) -> tuple:
+        attrs = job.meta.attrs
+        if "volume_begin_vx" in attrs and "volume_end_vx" in attrs:
+            return tuple(int(e) - int(b) for b, e in zip(attrs["volume_begin_vx"], attrs["volume_end_vx"]))
+        return job.box.shape
+
+    return autopatch.choose_for_inputs(
+        model.module, model.spec, model.patch_zyx, (model.rf_lo, model.rf_hi), sum(len(s.channels) for s in model.selection),
+        crop, overlap_spec, block_zyx, batch, [j.box.shape for j in jobs], [volume_shape(j) for j in jobs],
+        budget, label, square_yx=tta > 4)
 
 
 def _parse_normalization(text: str) -> dict:
@@ -294,6 +361,7 @@ class Settings:
     block_zyx: tuple
     voxel_size_nm: tuple | None
     params: dict
+    tally: pace.Tally = dataclasses.field(default_factory=pace.Tally)  # every input of this run
 
 
 def _inspect(spec: str, model: LoadedModel, voxel_size_nm, force: bool) -> Job:
@@ -354,15 +422,16 @@ def _check_outputs(outputs: list[dict[str, str]], inputs: list[str], checkpoint:
                               "write somewhere else (inputs are never modified)")
 
 
-def _warn_context(jobs: list[Job], grid, model: LoadedModel) -> None:
-    """Warnings for data smaller than a patch, and for chunk halos below the context that makes
-    a chunk's prediction equal the whole volume's (:func:`emtools.predict.windows.exact_halo`)."""
+def _warn_context(jobs: list[Job], grid, model: LoadedModel, auto: bool = False) -> None:
+    """Warnings for data smaller than a patch (an explicit one: the chosen patch covers the data
+    and its context by design), and for chunk halos below the context that makes a chunk's
+    prediction equal the whole volume's (:func:`emtools.predict.windows.exact_halo`)."""
     from emtools.predict.windows import exact_halo
 
     need_lo, need_hi = exact_halo(grid, model.rf_lo, model.rf_hi, local=model.spec.norm in ("batch", "none"))
     log.debug("chunks need a halo of %s below and %s above to match a whole-volume prediction",
               _fmt(need_lo), _fmt(need_hi))
-    small = [j.spec for j in jobs if any(s < p for s, p in zip(j.box.shape, grid.patch_zyx))]
+    small = [] if auto else [j.spec for j in jobs if any(s < p for s, p in zip(j.box.shape, grid.patch_zyx))]
     if small:
         log.warning("%s is smaller than the patch %s: it is padded by mirroring%s", small[0],
                     _fmt(grid.patch_zyx), f" (and {len(small) - 1} more inputs)" if len(small) > 1 else "")
@@ -422,12 +491,16 @@ def _predict_input(job: Job, outs: dict[str, str], predictor, settings: Settings
     blocks = windows.plan_blocks(job.box, settings.block_zyx, predictor.grid)
     started, patches = time.perf_counter(), predictor.patches_done
     shift = tuple(-b for b in job.box.begin)
+    label = f"{where}{os.path.basename(io.output_file(job.spec))}"
+    beat = pace.Heartbeat(label, job.box.size, len(blocks))
     with io.open_volume(job.spec, voxel_size_nm=settings.voxel_size_nm) as source, \
             AllOrNothing(_writers(job, outs, settings)) as writers:
-        for block in progress(blocks, f"{where}{os.path.basename(io.output_file(job.spec))}"):
+        for block in progress(blocks, label):
             for writer, values in zip(writers, _predict_block(source, job, block, predictor, settings)):
                 writer.write(block.shift(shift), values)
+            beat.advance(block.size)
     _log_done(job, len(blocks), predictor, predictor.patches_done - patches, started, where)
+    settings.tally.add(job.box.size, time.perf_counter() - started, predictor.patches_done - patches)
     return [w.path for w in writers]
 
 
@@ -460,9 +533,13 @@ def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Set
                     for values in _predict_block(source, job, block, predictor, settings):
                         group.send(values, 0)
             _log_done(job, len(ranks.mine(blocks)), predictor, predictor.patches_done - patches, started, where)
+            settings.tally.add(sum(b.size for b in ranks.mine(blocks)), time.perf_counter() - started,
+                               predictor.patches_done - patches)
             return
         with AllOrNothing(_writers(job, outs, settings)) as writers:
-            for index, block in enumerate(progress(blocks, f"{where}{os.path.basename(io.output_file(job.spec))}")):
+            label = f"{where}{os.path.basename(io.output_file(job.spec))}"
+            beat = pace.Heartbeat(label, job.box.size, len(blocks))
+            for index, block in enumerate(progress(blocks, label)):
                 owner = ranks.owner(index)
                 if owner == 0:
                     maps = _predict_block(source, job, block, predictor, settings)
@@ -470,7 +547,10 @@ def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Set
                     maps = [group.recv(output_shape(s, block.shape), out_type, owner) for s in settings.model.selection]
                 for writer, values in zip(writers, maps):
                     writer.write(block.shift(shift), values)
+                beat.advance(block.size)
         _log_done(job, len(ranks.mine(blocks)), predictor, predictor.patches_done - patches, started, where)
+        settings.tally.add(sum(b.size for b in ranks.mine(blocks)), time.perf_counter() - started,
+                           predictor.patches_done - patches)
     for writer in writers:
         emit(writer.path)
 

@@ -8,7 +8,9 @@
 Modules: :mod:`.windows` (the patch grid in global voxel coordinates, reflected reads),
 :mod:`.blending` (Gaussian, bump and constant weights), :mod:`.tta` (16 flips/transposes,
 their inverses, affinity channel remapping), :mod:`.engine` (batches, heads, blending),
-:mod:`.outputs` (output names, types and metadata), :mod:`.sharding` (torchrun ranks).
+:mod:`.outputs` (output names, types and metadata), :mod:`.sharding` (torchrun ranks),
+:mod:`.autopatch` (the default patch: cheapest within a memory budget), :mod:`.pace` (progress
+lines without a terminal, the closing Mvoxel/s and FLOP-share line).
 They take an ``nn.Module`` and numpy arrays and do no file I/O; ``em-predict`` reads and writes.
 """
 

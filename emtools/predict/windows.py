@@ -77,6 +77,17 @@ def resolve_crop(text: str, patch_zyx: Sequence[int], rf_lo: Sequence[int], rf_h
     patch border; ``auto``: the same, but at most 1/8 of the patch per side (the receptive field
     of a deep U-Net is wider than any patch); ``Z,Y,X`` or one number: that many voxels per side.
     """
+    lo, hi = crop_margins(text, patch_zyx, rf_lo, rf_hi)
+    for axis, p, a, b in zip(AXES, patch_zyx, lo, hi):
+        if p - a - b < 1:
+            raise EmError(f"--crop {str(text).strip().lower()} removes {a}+{b} voxels of the {p}-voxel patch along "
+                          f"{axis}, leaving nothing; use a patch of more than {a + b} voxels along {axis}, or a "
+                          "smaller --crop")
+    return lo, hi
+
+
+def crop_margins(text: str, patch_zyx: Sequence[int], rf_lo: Sequence[int], rf_hi: Sequence[int]) -> tuple[Triple, Triple]:
+    """:func:`resolve_crop` without the check that something is left (the patch search tries sizes)."""
     text = str(text).strip().lower()
     if text == "valid":
         lo, hi = tuple(rf_lo), tuple(rf_hi)
@@ -94,10 +105,6 @@ def resolve_crop(text: str, patch_zyx: Sequence[int], rf_lo: Sequence[int], rf_h
         if len(values) != 3 or min(values) < 0:
             raise EmError(f"--crop {text!r}: give auto, valid, or three voxel counts z,y,x that are not negative")
         lo = hi = values
-    for axis, p, a, b in zip(AXES, patch_zyx, lo, hi):
-        if p - a - b < 1:
-            raise EmError(f"--crop {text} removes {a}+{b} voxels of the {p}-voxel patch along {axis}, leaving "
-                          f"nothing; use a patch of more than {a + b} voxels along {axis}, or a smaller --crop")
     return lo, hi  # type: ignore[return-value]
 
 
