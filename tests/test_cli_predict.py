@@ -217,7 +217,7 @@ def test_a_halo_below_the_model_context_is_warned_about(tmp_path, data):
 
 
 def test_tta_reduce_per_head():
-    from emtools.cli.predict import _parse_reduce
+    from emtools.predict.tta import parse_reduce as _parse_reduce  # em-predict's --tta-reduce
 
     heads = ["affinity", "foreground"]
     assert _parse_reduce("max", heads) == {"affinity": "max", "foreground": "max"}

@@ -27,6 +27,7 @@ from emtools.errors import EmError
 from emtools.meta import Metadata, provenance_record
 from emtools.predict import BLENDS, OUTPUT_DTYPES, PRECISIONS, pace, windows
 from emtools.predict.outputs import encode, output_axes, output_metadata, output_shape, output_specs
+from emtools.tiling.chunk_files import volume_box
 from emtools.tiling.geometry import Box
 
 TOOL = "em-predict"
@@ -282,7 +283,9 @@ def _load(path, patch_zyx, head_names, channel_ranges, tta_reduce, normalization
     check_input_size(spec, tuple(patch_zyx))
     voxel = extra.get("voxel_size_nm")
     size, lo, hi = receptive_field(spec)
-    return LoadedModel(module, spec, heads, selection, _parse_reduce(tta_reduce, [s.name for s in selection]),
+    from emtools.predict.tta import parse_reduce  # torch: loaded here, never for --help
+
+    return LoadedModel(module, spec, heads, selection, parse_reduce(tta_reduce, [s.name for s in selection]),
                        norm, [float(v) for v in voxel] if voxel else None, tuple(patch_zyx), size, lo, hi,
                        _sha256(path), path)
 
@@ -299,10 +302,8 @@ def _choose_patch(model: LoadedModel, jobs: list, crop: str, overlap_spec, block
     from emtools.predict import autopatch
 
     def volume_shape(job: Job) -> tuple:
-        attrs = job.meta.attrs
-        if "volume_begin_vx" in attrs and "volume_end_vx" in attrs:
-            return tuple(int(e) - int(b) for b, e in zip(attrs["volume_begin_vx"], attrs["volume_end_vx"]))
-        return job.box.shape
+        volume = volume_box(job.meta.attrs)
+        return job.box.shape if volume is None else volume.shape
 
     return autopatch.choose_for_inputs(
         model.module, model.spec, model.patch_zyx, (model.rf_lo, model.rf_hi), sum(len(s.channels) for s in model.selection),
@@ -317,21 +318,6 @@ def _parse_normalization(text: str) -> dict:
     except ValueError:
         raise EmError(f"--normalization {text!r}: give SCALE,MEAN,STD, e.g. 0.00392157,0.5,0.25") from None
     return {"scale": scale, "mean": mean, "std": std}
-
-
-def _parse_reduce(text: str, heads: list[str]) -> dict[str, str]:
-    from emtools.predict.tta import REDUCTIONS
-
-    out = {}
-    for item in (p.strip() for p in text.split(",") if p.strip()):
-        name, sep, mode = item.rpartition("=")
-        targets = [name.strip()] if sep else heads
-        if sep and name.strip() not in heads:
-            raise EmError(f"--tta-reduce {text!r}: no output head {name.strip()!r} (heads: {', '.join(heads)})")
-        if mode.strip() not in REDUCTIONS:
-            raise EmError(f"--tta-reduce {text!r}: {mode.strip()!r} is not one of {', '.join(REDUCTIONS)}")
-        out.update({t: mode.strip() for t in targets})
-    return {h: out.get(h, "mean") for h in heads}
 
 
 def _sha256(path: str) -> str:
@@ -437,10 +423,10 @@ def _warn_context(jobs: list[Job], grid, model: LoadedModel, auto: bool = False)
                     _fmt(grid.patch_zyx), f" (and {len(small) - 1} more inputs)" if len(small) > 1 else "")
     for job in jobs:
         attrs = job.meta.attrs
-        if "responsible_begin_vx" not in attrs or "volume_begin_vx" not in attrs:
+        volume = volume_box(attrs)
+        if "responsible_begin_vx" not in attrs or volume is None:
             continue
         resp = Box(attrs["responsible_begin_vx"], attrs["responsible_end_vx"])
-        volume = Box(attrs["volume_begin_vx"], attrs["volume_end_vx"])
         data = job.box
         short = any((resp.begin[a] > volume.begin[a] and resp.begin[a] - data.begin[a] < need_lo[a]) or
                     (resp.end[a] < volume.end[a] and data.end[a] - resp.end[a] < need_hi[a]) for a in range(3))

@@ -183,3 +183,17 @@ class Reducer:
         if self.count is None:
             return self.value
         return self.value / self.count
+
+
+def parse_reduce(text: str, heads: list[str]) -> dict[str, str]:
+    """``--tta-reduce``: one reduction for every head (``max``) or per head (``affinity=min,max``)."""
+    out = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, mode = item.rpartition("=")
+        targets = [name.strip()] if sep else heads
+        if sep and name.strip() not in heads:
+            raise EmError(f"--tta-reduce {text!r}: no output head {name.strip()!r} (heads: {', '.join(heads)})")
+        if mode.strip() not in REDUCTIONS:
+            raise EmError(f"--tta-reduce {text!r}: {mode.strip()!r} is not one of {', '.join(REDUCTIONS)}")
+        out.update({t: mode.strip() for t in targets})
+    return {h: out.get(h, "mean") for h in heads}

@@ -35,6 +35,13 @@ CHUNK_ATTRS = (
 )
 
 
+def volume_box(attrs: dict) -> Box | None:
+    """The whole volume a chunk was cut from (its ``volume_*_vx`` attributes), or None."""
+    if "volume_begin_vx" in attrs and "volume_end_vx" in attrs:
+        return Box(attrs["volume_begin_vx"], attrs["volume_end_vx"])
+    return None
+
+
 def chunk_path(out_dir: str, prefix: str, chunk: Chunk, fmt: str) -> str:
     """Chunk files are named by the global bounding box of the data they hold."""
     return os.path.join(out_dir, f"{prefix}{chunk.read.name()}.{fmt}")
@@ -131,9 +138,7 @@ def inspect_chunks(specs: Sequence[str], voxel_size_nm=None) -> list[ChunkInfo]:
                 responsible = Box(attrs["responsible_begin_vx"], attrs["responsible_end_vx"])
                 if not read.contains(responsible):
                     raise EmError(f"{spec}: its responsible region {responsible.text()} is outside its data {read.text()}")
-            volume = None
-            if "volume_begin_vx" in attrs and "volume_end_vx" in attrs:
-                volume = Box(attrs["volume_begin_vx"], attrs["volume_end_vx"])
+            volume = volume_box(attrs)
             channels = source.shape[0] if len(source.shape) == 4 else None
             infos.append(ChunkInfo(spec, meta, np.dtype(source.dtype), channels, read, responsible, volume))
     require_same_grid([(i.spec, i.meta) for i in infos])
