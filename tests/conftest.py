@@ -88,3 +88,19 @@ def assert_switch_trains_the_same(switch) -> None:
     for (name, p), q in zip(model.named_parameters(), fast.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-4 * scale), name
     fast.load_state_dict(model.state_dict())  # checkpoints load either way
+
+
+def voronoi_cells(shape=(6, 40, 40), seed=0, n=10):
+    """uint64 labels 1..n of the Voronoi cells of ``n`` random points, with 0 on every boundary."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    points = rng.random((n, 3)) * np.array(shape)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    labels = (np.argmin(((grid[..., None, :] - points) ** 2).sum(-1), -1) + 1).astype(np.uint64)
+    for axis in range(3):
+        diff = np.diff(labels, axis=axis) != 0
+        sl = [slice(None)] * 3
+        sl[axis] = slice(1, None)
+        labels[tuple(sl)][diff] = 0
+    return labels

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_tool, shared_data
+from conftest import assert_one_line_error, run_tool, shared_data, voronoi_cells
 from emtools import io
 from emtools.affinities import affinities_from_labels
 from emtools.meta import Metadata
@@ -32,17 +32,7 @@ def _digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def _cells(shape=(6, 40, 40), seed=0):
-    rng = np.random.default_rng(seed)
-    points = rng.random((10, 3)) * np.array(shape)
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
-    labels = (np.argmin(((grid[..., None, :] - points) ** 2).sum(-1), -1) + 1).astype(np.uint64)
-    for axis in range(3):
-        diff = np.diff(labels, axis=axis) != 0
-        sl = [slice(None)] * 3
-        sl[axis] = slice(1, None)
-        labels[tuple(sl)][diff] = 0
-    return labels
+_cells = voronoi_cells  # Voronoi cells with 0 on the boundaries (tests/conftest.py)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import voronoi_cells
 
 from emtools import io
 from emtools.affinities import affinities_from_labels
@@ -19,17 +20,7 @@ from emtools.segment.jobs import (
 )
 
 
-def _cells(shape=(6, 40, 40), seed=0, n=10):
-    rng = np.random.default_rng(seed)
-    points = rng.random((n, 3)) * np.array(shape)
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
-    labels = (np.argmin(((grid[..., None, :] - points) ** 2).sum(-1), -1) + 1).astype(np.uint64)
-    for axis in range(3):
-        diff = np.diff(labels, axis=axis) != 0
-        sl = [slice(None)] * 3
-        sl[axis] = slice(1, None)
-        labels[tuple(sl)][diff] = 0
-    return labels
+_cells = voronoi_cells  # Voronoi cells with 0 on the boundaries (tests/conftest.py)
 
 
 @pytest.fixture
