@@ -50,7 +50,7 @@ import torch
 from emtools import io
 from emtools.meta import Metadata
 from emtools.models import build_model, resolve_spec
-from emtools.models.checkpoint import save_checkpoint
+from emtools.models.checkpoint import read_checkpoint, save_checkpoint
 from emtools.models.geometry import receptive_field
 from emtools.models.heads import default_heads, heads_to_dict
 from emtools.normalize import normalize_image
@@ -59,7 +59,8 @@ from emtools.tiling.geometry import Box
 
 NORM = {"scale": 1 / 255, "mean": 0.5, "std": 0.25}
 VOXEL = [30.0, 6.0, 6.0]
-FULL = {"rsunet": ([], (18, 160, 160)), "rsunet-efficient": ([], (18, 160, 160))}
+# words None: a shipped model (emtools.models.weights), its own checkpoint and training input size
+FULL = {"rsunet": ([], (18, 160, 160)), "rsunet-efficient": ([], (18, 160, 160)), "fibsem-affinity": (None, None)}
 QUICK = {"rsunet": (["widths=4,8,16", "depth=3"], (8, 32, 32)),
          "rsunet-efficient": (["widths=4,8,16", "depth=3", "pools=2x2x2,1x2x2"], (8, 32, 32))}
 ROWS = [("0.5", 1), ("0.25", 1), ("0.25", 2)]
@@ -69,7 +70,14 @@ def say(text: str) -> None:
     print(f"bench_predict: {text}", file=sys.stderr, flush=True)
 
 
-def make_checkpoint(folder: str, name: str, words: list[str], patch) -> tuple[str, torch.nn.Module, object]:
+def make_checkpoint(folder: str, name: str, words: list[str] | None, patch) -> tuple[str, torch.nn.Module, object]:
+    if words is None:  # a shipped model: its own weights
+        from emtools.models.checkpoint import load_model
+        from emtools.models.pretrained import resolve
+
+        path = resolve(name)
+        model, spec, _ = load_model(path)
+        return path, model.eval(), spec
     spec = resolve_spec(name, [*words, "heads=affinity:3"])
     model = build_model(spec, seed=0).eval()
     path = os.path.join(folder, f"{name}.pt")
@@ -132,7 +140,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU time is exact for 1)")
     parser.add_argument("--repeat", type=int, default=None, help="runs per row, minimum kept (default: quick 3, full 1)")
     parser.add_argument("--sample", type=int, default=8, help="batches timed for the bare forwards (full run)")
-    parser.add_argument("--models", default="rsunet,rsunet-efficient", help="comma-separated presets")
+    parser.add_argument("--models", default="rsunet,rsunet-efficient,fibsem-affinity",
+                        help="comma-separated presets and shipped models (fibsem-affinity: defaults comparison only)")
     parser.add_argument("--out", default=None, help="folder for bench_predict.json (make bench)")
     parser.add_argument("--defaults-only", action="store_true",
                         help="only the comparison of em-predict's defaults with the old ones")
@@ -140,6 +149,7 @@ def main() -> None:
     torch.set_num_threads(opts.threads)
     opts.repeat = opts.repeat or (3 if opts.quick else 1)
     models = {k: v for k, v in (QUICK if opts.quick else FULL).items() if k in opts.models.split(",")}
+    shipped = {k: v for k, v in models.items() if v[0] is None}
     shape = tuple(int(v) for v in (opts.volume or ("8,64,64" if opts.quick else "18,160,160")).split(","))
     sample = None if opts.quick else opts.sample
     devices = [("cpu", "fp32")]
@@ -150,7 +160,8 @@ def main() -> None:
     if opts.defaults_only:
         models_to_time, models_compared = {}, models
     else:
-        models_to_time = models_compared = models
+        models_to_time = {k: v for k, v in models.items() if k not in shipped}
+        models_compared = models
     with tempfile.TemporaryDirectory() as folder:
         raw = os.path.join(folder, "raw.h5:/image")
         io.write_volume(raw, image, Metadata(voxel_size_nm=tuple(VOXEL)))
@@ -213,6 +224,9 @@ def compare_defaults(models: dict, image: np.ndarray, opts) -> list[dict]:
             ckpt, model, spec = make_checkpoint(folder, name, words, patch)
             pred = os.path.join(folder, "pred.h5")
             common = [ckpt, raw, "-o", pred, "--threads", str(opts.threads), "-q"]
+            if words is None:  # trained at another voxel size than this synthetic volume's: speed is the same
+                common.append("--force")
+                patch = tuple(read_checkpoint(ckpt)["extra"]["input_size_zyx"])
             cases = {"old default": ["--patch", ",".join(map(str, patch)), "--overlap", "0.5"], "default": []}
             for label, extra in cases.items():
                 say(f"{name} cpu fp32 {label}")

@@ -197,6 +197,7 @@ def test_several_segmentations_print_one_line_each_as_single_runs_do(sweep, tmp_
 def test_table_marks_the_best_and_shows_the_recorded_threshold(sweep, tmp_path):
     specs, gt_spec = sweep
     scores = [json.loads(line) for line in invoke(*specs, gt_spec, "-q").stdout.splitlines()]
+    assert [s["segmentation_threshold"] for s in scores] == [0.1, 0.2, 1.0]  # JSON lines carry it too
     best = min(range(3), key=lambda i: scores[i]["voi"])
     assert sorted(s["voi"] for s in scores).count(scores[best]["voi"]) == 1  # one best row
     result = invoke(f"{tmp_path}/seg_*.h5:/main", gt_spec, "--table", "-q")

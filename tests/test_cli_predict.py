@@ -64,7 +64,8 @@ def _checkpoint(path, extra_changes=None, spec_words=("heads=affinity:3,foregrou
         if isinstance(module, torch.nn.BatchNorm3d):
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 1.5)
-    extra = {"heads": heads_to_dict(default_heads(spec.heads)), "normalization": NORM,
+    given = extra_changes or {}
+    extra = {"heads": given.get("heads") or heads_to_dict(default_heads(spec.heads)), "normalization": NORM,
              "voxel_size_nm": list(VOXEL), "input_size_zyx": [4, 24, 24], "step": 100}
     for key, value in (extra_changes or {}).items():
         if value is None:
@@ -117,8 +118,32 @@ def test_writes_one_map_per_head_with_metadata(data):
     assert record["tool"] == "em-predict" and record["params"]["checkpoint"] == data["ckpt"]
     assert record["params"]["checkpoint_sha256"] == _digest(data["ckpt"])
     assert record["params"]["patch_zyx"] == [4, 24, 24] and record["params"]["crop_lo_zyx"] == [0, 3, 3]
+    assert record["params"]["execution"] == ["channels_last"]  # em-predict's choice on a CPU
     assert record["inputs"][0]["spec"] == data["raw"]
     assert not [name for name in os.listdir(root) if name.startswith(".")]  # no temporary left
+
+
+def test_joined_affinity_heads_feed_the_mutex_watershed(tmp_path, data):
+    """--heads a+b writes the two affinity heads as one map with their offsets, as em-watershed
+    --method mutex reads it; the values are the separate maps, stacked."""
+    ckpt = _checkpoint(tmp_path / "lr.pt", spec_words=("heads=affinity:3,long:2",), extra_changes={
+        "heads": {"affinity": {"kind": "affinity", "channels": 3},
+                  "long": {"kind": "affinity", "channels": 2, "offsets": [[-2, 0, 0], [0, -6, 0]]}}})
+    both = predict(ckpt, data["raw"], "--heads", "affinity+long", "-o", tmp_path / "joined.h5:/affs", *WINDOW)
+    assert both.returncode == 0, both.output
+    apart = predict(ckpt, data["raw"], "-o", tmp_path / "apart_{head}.h5", *WINDOW)
+    assert apart.returncode == 0, apart.output
+    joined, meta = io.read_volume(f"{tmp_path}/joined.h5:/affs")
+    near, _ = io.read_volume(str(tmp_path / "apart_affinity.h5"))
+    far, _ = io.read_volume(str(tmp_path / "apart_long.h5"))
+    np.testing.assert_array_equal(joined, np.concatenate([near, far]))
+    assert meta.attrs["affinity_offsets"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-2, 0, 0], [0, -6, 0]]
+    from emtools.cli.watershed import main as watershed
+
+    result = run_inprocess(watershed, f"{tmp_path}/joined.h5:/affs", "--method", "mutex", "-o",
+                           tmp_path / "seg.h5:/seg", "-q")
+    assert result.returncode == 0, result.output
+    assert io.read_volume(f"{tmp_path}/seg.h5:/seg")[0].max() >= 1
 
 
 def test_chunks_merge_into_the_whole_volume_prediction(data, chunks):
@@ -279,6 +304,8 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, data):
     ([*TRAIN_PATCH, "--crop", "valid"], ["--crop valid removes 6+6 voxels of the 4-voxel patch along z"]),
     (["--normalization", "1,2"], ["give SCALE,MEAN,STD"]),
     (["--channels", "affinity=0:4"], ["head affinity has channels 0:3"]),
+    (["--plain", "--onednn"], ["--plain runs without execution options; drop it or --onednn"]),
+    (["--heads", "foreground+affinity"], ["only affinity heads can be joined (foreground is foreground)"]),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, data, args, fragments):
     result = predict(data["ckpt"], data["raw"], "-o", tmp_path / "o_{head}.h5", *args)

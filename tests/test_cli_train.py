@@ -242,19 +242,106 @@ def test_self_training_fine_tunes_on_confident_pseudo_labels(tmp_path, specs):
     assert any(not torch.equal(tuned["state_dict"][k], v) for k, v in model.state_dict().items())
     result = train(*data_args(specs), *TINY, "model.heads=boundary:1", "model.widths=4,16", "train.steps=1",
                    f"train.init_from={stage1}/last.pt", "-o", tmp_path / "stage3")
-    assert_one_line_error(result, "train", "different model")
+    assert_one_line_error(result, "train", "another architecture (widths: [4,8] vs [4,16])")
 
 
-@pytest.mark.parametrize("example", ["train_isbi.yaml", "train_gala.yaml"])
+def test_init_fine_tunes_with_the_checkpoints_model_and_new_heads(tmp_path, specs):
+    """--init takes the checkpoint's model, targets and crop; a head it lacks starts fresh."""
+    base = tmp_path / "base"
+    targets = ["targets.long.kind=affinity", "targets.long.offsets=[[-2,0,0],[0,-3,0],[0,0,-3]]"]
+    assert train(*data_args(specs), *TINY, "model.heads=affinity:3,long:3", *targets, "train.steps=2",
+                 "validation.every=0", "-o", base, "-q").returncode == 0
+    tuned = tmp_path / "tuned"
+    result = train(*data_args(specs), "--init", base / "last.pt", "train.steps=1", "train.threads=1",
+                   "validation.every=0", "--print-config")
+    printed = yaml.safe_load(result.stdout)
+    assert printed["model"]["widths"] == [4, 8] and printed["data"]["patch_zyx"] == [4, 32, 32]
+    assert printed["targets"]["long"]["offsets"] == [[-2, 0, 0], [0, -3, 0], [0, 0, -3]]
+    result = train(*data_args(specs), "--init", base / "last.pt", "model.heads=affinity:3,foreground:1",
+                   "train.steps=1", "train.threads=1", "optim.lr=0", "optim.warmup_steps=0",
+                   "validation.every=0", "-o", tuned)
+    assert result.returncode == 0, result.output
+    assert "heads foreground start from fresh weights" in result.stderr
+    before, after = read_checkpoint(str(base / "last.pt")), read_checkpoint(str(tuned / "last.pt"))
+    assert list(after["extra"]["targets"]) == ["affinity", "foreground"]
+    assert torch.equal(after["state_dict"]["out.weight"][:3], before["state_dict"]["out.weight"][:3])
+    assert torch.equal(after["state_dict"]["enc.0.conv1.weight"], before["state_dict"]["enc.0.conv1.weight"])
+
+
+@pytest.mark.parametrize("case,args,fragments", [
+    ("name", ["--init", "fibsem-afinity"], ["neither a checkpoint file nor a shipped model",
+                                            "did you mean 'fibsem-affinity'?"]),
+    ("arch", ["--init", "{base}", "model.widths=4,16"], ["another architecture (widths: [4,8] vs [4,16])"]),
+    ("voxel", ["--init", "{base}", "data.volumes.0.voxel_size_nm=40,8,8"],
+     ["trained at voxel size 40,4,4 nm but the data is 40,8,8 nm", "--force"]),
+    ("resume", ["--init", "{base}", "--resume"], ["use one"]),
+])
+def test_init_bad_input_is_one_line_and_writes_nothing(tmp_path, specs, case, args, fragments):
+    base = tmp_path / "base" / "last.pt"
+    assert train(*data_args(specs), *TINY, "train.steps=1", "validation.every=0", "-o", base.parent,
+                 "-q").returncode == 0
+    run = tmp_path / "run"
+    result = train(*data_args(specs), "train.steps=1", "train.threads=1",
+                   *[a.replace("{base}", str(base)) for a in args], "-o", run)
+    assert_one_line_error(result, "train", *fragments)
+    assert not run.exists()
+
+
+def test_a_time_budget_stops_the_run_and_ends_its_schedule(tmp_path, specs):
+    """train.minutes: the run stops when the budget is spent (last.pt at that step), however many
+    steps were asked for, and the cosine follows the time spent."""
+    run = tmp_path / "run"
+    result = train(*data_args(specs), *TINY, "train.steps=100000", "train.minutes=0.0001", "optim.warmup_steps=0",
+                   "validation.every=0", "-o", run)
+    assert result.returncode == 0, result.output
+    assert "time budget of 0.0001 minutes spent at step 1 of 100000" in result.stderr
+    payload = read_checkpoint(str(run / "last.pt"))
+    assert payload["extra"]["step"] == 1 and payload["training"]["step"] == 1
+    records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [1]
+
+
+def test_the_schedule_follows_the_time_spent_when_it_is_ahead():
+    from emtools.train.optim import Schedule
+
+    schedule = Schedule("warmup_cosine", 1.0, 1000, warmup_steps=10, min_lr_ratio=0.0)
+    assert schedule.lr(5) == 0.5 and schedule.lr(505) == pytest.approx(0.5)
+    schedule.time_fraction = 0.5
+    assert schedule.lr(5) == 0.5  # warm-up is counted in steps
+    assert schedule.lr(20) == pytest.approx(0.5)  # half the time spent: half-way down the cosine
+    assert schedule.lr(800) < 0.5  # the steps are ahead: they decide
+    schedule.time_fraction = 1.0
+    assert schedule.lr(20) == pytest.approx(0.0)
+
+
+def test_init_force_accepts_another_voxel_size(tmp_path, specs):
+    base = tmp_path / "base"
+    assert train(*data_args(specs), *TINY, "train.steps=1", "validation.every=0", "-o", base, "-q").returncode == 0
+    result = train(*data_args(specs), "--init", base / "last.pt", "--force", "data.volumes.0.voxel_size_nm=40,8,8",
+                   "train.steps=1", "train.threads=1", "validation.every=0", "-o", tmp_path / "run")
+    assert result.returncode == 0, result.output
+    assert "trained at 40,4,4 nm, the data is 40,8,8 nm (--force)" in result.stderr
+
+
+@pytest.mark.parametrize("example", ["train_isbi.yaml", "train_gala.yaml", "fibsem_pretrain.yaml",
+                                     "fibsem_finetune.yaml", "mito_lucchi.yaml"])
 def test_example_configs_resolve_and_read_their_real_data(example, monkeypatch):
-    """The example configs point at ../shared/data (relative to the project root) and pass every check."""
+    """The example configs point at ../shared/data (relative to the project root) and pass every
+    check; the fine-tuning one with the shipped model's settings (em-train --init)."""
+    from emtools.models import pretrained
     from emtools.train.config import load_config
     from emtools.train.loop import prepare
 
     shared_data()
     monkeypatch.chdir(ROOT)
-    prepared = prepare(load_config(f"examples/{example}", ["train.device=cpu"]))
+    base = None
+    if example == "fibsem_finetune.yaml":
+        path = pretrained.resolve("fibsem-affinity")
+        base = pretrained.config_base(read_checkpoint(path))
+        base["train"] = {"init_from": path}
+    prepared = prepare(load_config(f"examples/{example}", ["train.device=cpu"], base=base))
     assert prepared.volumes[0].val_box is not None and prepared.volumes[0].labels.max() > 1
+    assert prepared.init is not None or base is None
 
 
 def test_trains_on_isbi_png_slices(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from emtools.evaluate import (
 )
 from emtools.evaluate.modes import check_settings, modes_help, modes_using, objects_help
 
-TODAY = ("neuron", "instance", "semantic", "synapse")
+TODAY = ("neuron", "sections", "instance", "semantic", "synapse")
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_option_help_names_the_modes_that_read_each_option():
     assert helps["threshold"].startswith("semantic/synapse: ")
     assert helps["per_class"].startswith("semantic: ")
     assert helps["size_classes"].startswith("instance: ")
-    assert helps["gt_zero"].startswith("neuron: ") and helps["pred_zero"].startswith("neuron: ")
+    assert helps["gt_zero"].startswith("neuron/sections: ") and helps["pred_zero"].startswith("neuron/sections: ")
     assert helps["distance_nm"].startswith("synapse: ")
     assert objects_help() in helps["csv_path"]
     assert objects_help() == "neuron: per ground-truth object; instance: per object; semantic --per-class: per class"
@@ -68,7 +68,7 @@ def test_option_help_names_the_modes_that_read_each_option():
 def test_unknown_mode_names_the_closest_one():
     with pytest.raises(EmError, match=r"^unknown eval mode 'nueron'; did you mean 'neuron'\?$"):
         get_mode("nueron")
-    with pytest.raises(EmError, match="choose from neuron, instance, semantic, synapse"):
+    with pytest.raises(EmError, match="choose from neuron, sections, instance, semantic, synapse"):
         get_mode("xyz")
 
 
@@ -122,6 +122,35 @@ def test_each_mode_scores_its_table():
     assert set(metrics["classes"]) == {"1", "2"} and list(columns["class"]) == [1, 2]
     assert not semantic.has_objects(EvalSettings()) and semantic.has_objects(EvalSettings(per_class=True))
     assert get_mode("synapse").whole_volume and not neuron.whole_volume
+
+
+def test_sections_mode_scores_each_section_on_its_own(tmp_path):
+    """Per-section scores equal neuron scores of each 2D section; their means are the result;
+    sections without labelled voxels are left out."""
+    from emtools import io
+    from emtools.evaluate import evaluate_files, neuron_metrics
+    from emtools.meta import Metadata
+
+    rng = np.random.default_rng(3)
+    gt = rng.integers(1, 4, (4, 16, 16)).astype(np.uint32)
+    gt[2] = 0
+    seg = gt.copy()
+    seg[0, :8] += 10  # section 0 split, section 1 exact, section 3 merged
+    seg[3] = 1
+    seg[1] = gt[1] * 7  # the same partition under other ids
+    meta = Metadata(voxel_size_nm=(50, 4, 4))
+    io.write_volume(f"{tmp_path}/gt.h5:/gt", gt, meta)
+    io.write_volume(f"{tmp_path}/seg.h5:/seg", seg, meta)
+    report = evaluate_files(f"{tmp_path}/seg.h5:/seg", f"{tmp_path}/gt.h5:/gt", "sections")
+    assert report["sections_scored"] == 3 and [r["z"] for r in report["sections"]] == [0, 1, 3]
+    expected = [neuron_metrics(seg[z], gt[z]) for z in (0, 1, 3)]
+    for row, want in zip(report["sections"], expected):
+        assert row["adapted_rand_error"] == pytest.approx(want["adapted_rand_error"])
+        assert row["voi_split"] == pytest.approx(want["voi_split"])
+    assert report["sections"][1]["adapted_rand_error"] == pytest.approx(0.0, abs=1e-12)
+    assert report["sections"][0]["voi_split"] > 0 and report["sections"][2]["voi_merge"] > 0
+    assert report["adapted_rand_error"] == pytest.approx(np.mean([w["adapted_rand_error"] for w in expected]))
+    assert report["voi"] == pytest.approx(np.mean([w["voi"] for w in expected]))
 
 
 def test_a_new_mode_is_one_registration(toy_mode):

@@ -287,3 +287,16 @@ def test_em_train_applies_its_config_through_it(calls, monkeypatch, tmp_path):
         result = train("train.winograd=true", "-o", str(tmp_path / "run2"))
         assert_one_line_error(result, "train", "train.winograd=true: tested with torch 2.13.x only")
         assert not (tmp_path / "run2").exists()
+
+
+def test_em_predict_takes_channels_last_on_a_cpu_unless_told_otherwise():
+    from emtools.errors import EmError
+    from emtools.models.execution import inference_flags
+
+    assert inference_flags("cpu") == {"channels_last": True, "onednn": False, "winograd": False, "compile": False}
+    assert inference_flags("cuda") == {"channels_last": False, "onednn": False, "winograd": False, "compile": False}
+    assert inference_flags("cpu", plain=True)["channels_last"] is False
+    asked = inference_flags("cpu", winograd=True)
+    assert asked["winograd"] and not asked["channels_last"]  # what was asked, nothing added
+    with pytest.raises(EmError, match="--plain runs without execution options; drop it or --onednn"):
+        inference_flags("cpu", plain=True, onednn=True)

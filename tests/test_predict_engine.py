@@ -38,6 +38,21 @@ def test_select_heads():
             parse_channel_ranges([bad])
 
 
+def test_joined_affinity_heads_are_one_selection():
+    heads = [head_spec("affinity", {"kind": "affinity", "channels": 3}),
+             head_spec("long", {"kind": "affinity", "channels": 2, "offsets": [[-3, 0, 0], [0, -9, 0]]}),
+             head_spec("foreground", {"kind": "foreground", "channels": 1})]
+    (joined,) = select_heads(heads, ["affinity+long"])
+    assert (joined.name, joined.start, joined.channels) == ("affinity+long", 0, (0, 1, 2, 3, 4))
+    assert joined.offsets == [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -9, 0]]
+    with pytest.raises(EmError, match="must follow each other in the model's order"):
+        select_heads(heads, ["long+affinity"])
+    with pytest.raises(EmError, match="only affinity heads can be joined"):
+        select_heads(heads, ["long+foreground"])
+    with pytest.raises(EmError, match="no head 'short'"):
+        select_heads(heads, ["affinity+short"])
+
+
 def test_activations():
     x = torch.tensor([[[[[-2.0]]], [[[0.0]]], [[[3.0]]]]])  # (1, 3, 1, 1, 1)
     assert torch.allclose(activate("affinity", x), torch.sigmoid(x))

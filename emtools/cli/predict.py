@@ -25,6 +25,7 @@ from emtools.cli.common import (
 )
 from emtools.errors import EmError
 from emtools.meta import Metadata, provenance_record
+from emtools.models.weights import PRETRAINED
 from emtools.predict import BLENDS, OUTPUT_DTYPES, PRECISIONS, pace, windows
 from emtools.predict.outputs import encode, output_axes, output_metadata, output_shape, output_specs
 from emtools.tiling.chunk_files import volume_box
@@ -32,8 +33,9 @@ from emtools.tiling.geometry import Box
 
 TOOL = "em-predict"
 
-HELP = """Apply the model in CHECKPOINT (from em-train) to each INPUT volume, or to chunk files
-from `em-tile split` (`-` reads specs from stdin, one per line); write one map per output head.
+HELP = """Apply the model in CHECKPOINT (from em-train, or a shipped model's name such as
+fibsem-affinity) to each INPUT volume, or to chunk files from `em-tile split` (`-` reads specs
+from stdin, one per line); write one map per output head.
 
 \b
 How:
@@ -70,8 +72,10 @@ writes. The input's voxel size must match the training voxel size (--force overr
 \b
 Examples:
   em-predict model.pt raw.h5:/image -o affs.h5:/affs --heads affinity
+  em-predict fibsem-affinity raw.h5:/image -o affs.h5:/affs --heads affinity     # the shipped FIB-SEM model
   em-predict model.pt raw.h5:/image -o 'pred_{head}.h5' --tta 8 --blend bump
   em-predict model.pt raw.h5 --heads affinity --dtype uint8 -o affs.h5 && em-watershed affs.h5 -o frags.h5
+  em-predict model.pt raw.h5 --heads affinity+long_range -o lr.h5 && em-watershed lr.h5 --method mutex -o seg.h5
   em-tile split raw.h5 --chunk 64,512,512 --halo 8,64,64 -o chunks/ \\
     | em-predict model.pt - -o pred/ --skip-existing
   torchrun --standalone --nproc-per-node=4 -m emtools.cli.predict model.pt chunks/*.h5 -o pred/
@@ -100,7 +104,8 @@ Examples:
               help="Test-time augmentation variants: 1 (none) .. 16 (4: yx flips, 8: + transpose, 16: + z flip).")
 @click.option("--tta-reduce", default="mean", show_default=True,
               help="Combine TTA variants by mean, min or max; per head as HEAD=MODE,... .")
-@click.option("--heads", "head_names", default=None, help="Heads to output, comma-separated (default: all).")
+@click.option("--heads", "head_names", default=None, help="Heads to output, comma-separated (default: all); a+b joins affinity heads that follow each "
+              "other into one map (nearest + long-range affinities for em-watershed --method mutex).")
 @click.option("--channels", "channel_ranges", multiple=True, metavar="HEAD=A:B",
               help="Only channels A..B-1 of a head (repeatable), e.g. affinity=0:3.")
 @click.option("--dtype", type=click.Choice(OUTPUT_DTYPES), default="float32", show_default=True,
@@ -119,6 +124,10 @@ Examples:
 @click.option("--winograd", is_flag=True,
               help="Compute the wide 3x3x3 convolutions (>= 64 channels) by Winograd's algorithm on the CPU and the "
                    "rest on oneDNN (em-profile model --options winograd --mode infer measures it).")
+@click.option("--plain", is_flag=True,
+              help="Run the model as it is, in the default memory layout: no execution option chosen for you "
+                   "(on a CPU em-predict otherwise uses --channels-last, faster for every model measured; "
+                   "benchmarks/bench_predict.py).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
@@ -132,8 +141,8 @@ Examples:
 @version_option(TOOL)
 @contract(TOOL)
 def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, batch, tta, tta_reduce, head_names,
-         channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, onednn, winograd, device, threads,
-         normalization, voxel_size_nm, force, compression, skip_existing):
+         channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, onednn, winograd, plain, device,
+         threads, normalization, voxel_size_nm, force, compression, skip_existing):
     io.parse_compression(compression)
     from emtools.predict import autopatch
 
@@ -165,6 +174,10 @@ def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, ba
     variants(tta)  # checks the count before the model loads
     if threads is not None:
         torch.set_num_threads(threads)
+    if checkpoint in PRETRAINED and not os.path.exists(checkpoint):  # a shipped model by its name
+        from emtools.models.pretrained import resolve
+
+        checkpoint = resolve(checkpoint)
     model = _load(checkpoint, patch_zyx, head_names, channel_ranges, tta_reduce, normalization)
     auto = patch_zyx is None
     if auto:
@@ -187,6 +200,10 @@ def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, ba
     _warn_context(jobs, grid, model, auto)
 
     dev = sharding.select_device(device, ranks.local_rank)
+    from emtools.models.execution import inference_flags
+
+    flags = inference_flags(dev.type, plain=plain, channels_last=channels_last, onednn=onednn, winograd=winograd,
+                            compile=compile_model)
     if precision == "bf16" and dev.type == "cpu":
         from emtools.models.execution import cpu_has_bf16_units
 
@@ -199,7 +216,7 @@ def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, ba
     predictor = engine.Predictor(
         model.module, model.heads, grid, selection=model.selection, blend=blend, tta=tta,
         tta_reduce=model.reduce, batch=batch, device=dev, precision=precision,
-        channels_last=channels_last, compile=compile_model, onednn=onednn, winograd=winograd,
+        **flags,
     )
     settings = Settings(model, dtype, compression, block_zyx, voxel_size_nm, {
         "checkpoint": checkpoint, "checkpoint_sha256": model.sha256, "model": model.spec.describe(),
@@ -207,6 +224,7 @@ def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, ba
         "crop_lo_zyx": list(grid.crop_lo_zyx), "crop_hi_zyx": list(grid.crop_hi_zyx),
         "stride_zyx": list(grid.stride_zyx), "blend": blend, "tta": tta, "tta_reduce": model.reduce,
         "dtype": dtype, "precision": precision, "normalization": model.normalization,
+        "execution": [name for name, on in flags.items() if on],
         "training_voxel_size_nm": model.voxel_size_nm, "forced": force,
         **({"patch_chosen_for_memory_bytes": choice.budget_bytes} if auto else {}),
     })
@@ -480,7 +498,7 @@ def _predict_input(job: Job, outs: dict[str, str], predictor, settings: Settings
     label = f"{where}{os.path.basename(io.output_file(job.spec))}"
     beat = pace.Heartbeat(label, job.box.size, len(blocks))
     with io.open_volume(job.spec, voxel_size_nm=settings.voxel_size_nm) as source, \
-            AllOrNothing(_writers(job, outs, settings)) as writers:
+            io.AllOrNothing(_writers(job, outs, settings)) as writers:
         for block in progress(blocks, label):
             for writer, values in zip(writers, _predict_block(source, job, block, predictor, settings)):
                 writer.write(block.shift(shift), values)
@@ -522,7 +540,7 @@ def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Set
             settings.tally.add(sum(b.size for b in ranks.mine(blocks)), time.perf_counter() - started,
                                predictor.patches_done - patches)
             return
-        with AllOrNothing(_writers(job, outs, settings)) as writers:
+        with io.AllOrNothing(_writers(job, outs, settings)) as writers:
             label = f"{where}{os.path.basename(io.output_file(job.spec))}"
             beat = pace.Heartbeat(label, job.box.size, len(blocks))
             for index, block in enumerate(progress(blocks, label)):
@@ -539,57 +557,6 @@ def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Set
                            predictor.patches_done - patches)
     for writer in writers:
         emit(writer.path)
-
-
-class AllOrNothing:
-    """Enter several VolumeWriters; on success rename them all into place, on failure none.
-
-    A writer whose rename fails discards its own temporary; outputs renamed before it are
-    removed again, so an input's maps appear together or not at all (``--skip-existing`` then
-    redoes the input).
-    """
-
-    def __init__(self, writers: list[io.VolumeWriter]):
-        self.writers = writers
-        self._entered: list[io.VolumeWriter] = []
-
-    def __enter__(self) -> list[io.VolumeWriter]:
-        try:
-            for writer in self.writers:
-                self._entered.append(writer.__enter__())
-        except BaseException as exc:
-            self._abort(exc, self._entered)
-            raise
-        return self._entered
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is not None:
-            self._abort(exc, self._entered)
-            return False
-        done: list[str] = []
-        for i, writer in enumerate(self._entered):
-            try:
-                writer.__exit__(None, None, None)
-            except BaseException as error:
-                for path in done:
-                    with _suppress_os():
-                        os.remove(path)
-                self._abort(error, self._entered[i + 1 :])
-                raise
-            done.append(writer.path)
-        return False
-
-    @staticmethod
-    def _abort(exc: BaseException, writers: list[io.VolumeWriter]) -> None:
-        for writer in writers:
-            with _suppress_os():
-                writer.__exit__(type(exc), exc, exc.__traceback__)
-
-
-def _suppress_os():
-    import contextlib
-
-    return contextlib.suppress(OSError)
 
 
 if __name__ == "__main__":

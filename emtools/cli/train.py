@@ -11,6 +11,7 @@ import click
 
 from emtools.cli.common import contract, emit, log, version_option
 from emtools.errors import EmError
+from emtools.models.weights import PRETRAINED
 
 TOOL = "em-train"
 
@@ -55,6 +56,7 @@ Examples:
   em-train --config c.yaml train.steps=2000 model=rsunet-efficient data.patch_zyx=18,160,160 -o run
   em-train --config c.yaml --print-config > resolved.yaml
   em-train -o runs/isbi --resume train.steps=20000
+  em-train --init fibsem-affinity --config examples/fibsem_finetune.yaml -o runs/mine
   torchrun --nproc-per-node=4 -m emtools.cli.train --config c.yaml optim.lr_scaling=linear -o run
 """
 
@@ -129,9 +131,14 @@ def _val_line(info: dict) -> str:
 @click.option("--print-config", is_flag=True, help="Print the resolved configuration as YAML on stdout and exit.")
 @click.option("--plot", default=None, help="Write loss/metric curves to this PNG at the end (config key train.plot).")
 @click.option("--seed", type=int, default=None, help="Seed of weights, sampling and augmentation (config key seed).")
+@click.option("--init", "init", default=None, metavar="NAME|CHECKPOINT",
+              help="Fine-tune: start from a shipped model (" + ", ".join(PRETRAINED) + ") or a "
+                   "checkpoint; its model, targets and crop are the defaults (config key train.init_from).")
+@click.option("--force", is_flag=True, help="With --init: accept data whose voxel size differs from the "
+              "checkpoint's (config key train.init_force).")
 @version_option(TOOL)
 @contract(TOOL)
-def main(overrides, config_path, run_dir, resume, print_config, plot, seed):
+def main(overrides, config_path, run_dir, resume, print_config, plot, seed, init, force):
     from emtools.ranks import ranks_from_env
     from emtools.train import config as cfg
 
@@ -143,7 +150,11 @@ def main(overrides, config_path, run_dir, resume, print_config, plot, seed):
         overrides.append(f"seed={seed}")
     if plot is not None:
         overrides.append(f"train.plot={plot}")
+    if force:
+        overrides.append("train.init_force=true")
     payload = None
+    if init is not None and resume:
+        raise EmError("--init starts a new run from a checkpoint's weights; --resume continues RUN_DIR: use one")
     if resume:
         from emtools.train import state
 
@@ -155,6 +166,13 @@ def main(overrides, config_path, run_dir, resume, print_config, plot, seed):
             raise EmError(f"--resume: no checkpoint to resume from ({last})")
         payload = state.read_resume(last)
         config = cfg.load_config(config_path, overrides, base=payload["training"]["config"])
+    elif init is not None:
+        from emtools.models import pretrained
+        from emtools.models.checkpoint import read_checkpoint
+
+        path = pretrained.resolve(init)
+        base = pretrained.config_base(read_checkpoint(path))
+        config = cfg.load_config(config_path, overrides + [f"train.init_from={path}"], base=base)
     else:
         config = cfg.load_config(config_path, overrides)
     run_dir = run_dir or config["run_dir"]

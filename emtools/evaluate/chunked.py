@@ -114,7 +114,7 @@ def score_files(pred_spec: str, gt_spec: str, mode: str = "neuron", settings: Ev
         started = time.perf_counter()
         score = _score_whole if eval_mode.whole_volume else _score_streamed
         (metrics, columns), = score([seg_src], gt_src, region, eval_mode, settings, objects, slab_voxels)
-        report = _report(eval_mode, pred_spec, gt_spec, region, seg_src.meta.voxel_size_nm)
+        report = _report(eval_mode, pred_spec, gt_spec, region, seg_src.meta.voxel_size_nm, _threshold_of(seg_src))
     report.update(metrics)
     return Evaluation(report, columns, warnings, region, time.perf_counter() - started, _threshold_of(seg_src))
 
@@ -165,7 +165,7 @@ def score_many(pred_specs: Sequence[str], gt_spec: str, mode: str = "neuron", se
                 scored = score(sources, gt_src, region, eval_mode, settings, objects, slab_voxels)
                 seconds = (time.perf_counter() - started) / len(group)  # the shared pass, split evenly
             for (spec, _, warnings, threshold), (metrics, columns) in zip(group, scored):
-                report = _report(eval_mode, spec, gt_spec, region, voxel_size)
+                report = _report(eval_mode, spec, gt_spec, region, voxel_size, threshold)
                 report.update(metrics)
                 yield Evaluation(report, columns, warnings, region, seconds, threshold)
 
@@ -230,11 +230,14 @@ def _checked_call(mode: str, settings: EvalSettings | None, objects: bool, slab_
     return eval_mode, settings
 
 
-def _report(mode: EvalMode, pred_spec: str, gt_spec: str, region: Box, voxel_size) -> dict:
-    """The head of em-eval's JSON object: inputs and the compared region (the metrics follow)."""
+def _report(mode: EvalMode, pred_spec: str, gt_spec: str, region: Box, voxel_size,
+            threshold: float | None = None) -> dict:
+    """The head of em-eval's JSON object: inputs and the compared region (the metrics follow);
+    ``segmentation_threshold``: the agglomeration threshold the segmentation's metadata records."""
     return {
         "mode": mode.name,
         "segmentation": pred_spec,
+        **({"segmentation_threshold": threshold} if threshold is not None else {}),
         "ground_truth": gt_spec,
         "region_vx": region.text(),
         "shape_zyx": list(region.shape),

@@ -45,7 +45,7 @@ from emtools.evaluate.semantic import (
     semantic_metrics_from_counts,
     semantic_per_class,
 )
-from emtools.evaluate.table import SKIP_CHOICES, Contingency
+from emtools.evaluate.table import SKIP_CHOICES, Contingency, contingency_table
 from emtools.values import unknown_choice
 
 __all__ = [
@@ -284,6 +284,32 @@ def _neuron(table, settings, objects, volumes):
     metrics = neuron_metrics_from_table(table, pred_zero=settings.pred_zero)
     metrics = {"gt_zero": settings.gt_zero, "pred_zero": settings.pred_zero, **metrics}
     return metrics, neuron_objects(table) if objects else None
+
+
+@eval_mode(
+    "sections",
+    """\
+    neuron scores of each z section on its own (2D, as the ISBI 2012 challenge
+    scores ssTEM), and their means over the sections with labelled voxels:
+    mean adapted Rand error, mean VOI split/merge; per-section values listed.""",
+    skip=lambda s: skip_for(s.gt_zero), inputs="labels", uses=("gt_zero", "pred_zero"), whole_volume=True,
+    table=Summary(("voi_split", "voi_merge", "voi", "adapted_rand_error"), "adapted_rand_error", True,
+                  "mean adapted Rand error of the sections"),
+    empty_gt_ok=lambda s: s.gt_zero == "label",
+)
+def _sections(table, settings, objects, volumes):
+    skip = skip_for(settings.gt_zero)
+    per_section = []
+    for z in range(volumes.gt.shape[0]):
+        if skip != "none" and not volumes.gt[z].any():
+            continue  # nothing labelled in this section
+        section = contingency_table(volumes.gt[z], volumes.seg[z], skip=skip)
+        m = neuron_metrics_from_table(section, pred_zero=settings.pred_zero)
+        per_section.append({"z": z, **{k: m[k] for k in ("voi_split", "voi_merge", "voi", "adapted_rand_error")}})
+    keys = ("voi_split", "voi_merge", "voi", "adapted_rand_error")
+    means = {k: float(np.mean([r[k] for r in per_section])) for k in keys}
+    return {"gt_zero": settings.gt_zero, "pred_zero": settings.pred_zero, **means,
+            "sections_scored": len(per_section), "sections": per_section}, None
 
 
 @eval_mode(

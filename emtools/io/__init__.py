@@ -33,11 +33,11 @@ from emtools.io.specs import (
     output_format,
     split_h5_spec,
 )
-from emtools.io.writers import VolumeWriter, atomic_path, atomic_text, parse_compression, write_png, write_volume
+from emtools.io.writers import AllOrNothing, VolumeWriter, atomic_path, atomic_text, parse_compression, write_png, write_volume
 
 __all__ = [
     "COMPRESSIONS", "DEFAULT_DATASET", "H5_SUFFIXES", "SLICE_SUFFIXES", "TIFF_SUFFIXES",
-    "VolumeSource", "VolumeWriter", "atomic_path", "atomic_text", "check_output_path", "describe_formats",
+    "AllOrNothing", "VolumeSource", "VolumeWriter", "atomic_path", "atomic_text", "check_output_path", "describe_formats",
     "list_datasets", "natural_key", "open_volume", "output_file", "output_format",
     "parse_compression", "read_volume", "split_h5_spec", "write_png", "write_volume",
 ]

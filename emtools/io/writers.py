@@ -334,3 +334,47 @@ def write_png(path: str, image: np.ndarray) -> str:
         Image.fromarray(image).save(tmp, format="PNG")
     return path
 
+
+class AllOrNothing:
+    """Enter several VolumeWriters; on success rename them all into place, on failure none.
+
+    A writer whose rename fails discards its own temporary; outputs renamed before it are
+    removed again, so an input's maps appear together or not at all (``--skip-existing`` then
+    redoes the input).
+    """
+
+    def __init__(self, writers: list[VolumeWriter]):
+        self.writers = writers
+        self._entered: list[VolumeWriter] = []
+
+    def __enter__(self) -> list[VolumeWriter]:
+        try:
+            for writer in self.writers:
+                self._entered.append(writer.__enter__())
+        except BaseException as exc:
+            self._abort(exc, self._entered)
+            raise
+        return self._entered
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None:
+            self._abort(exc, self._entered)
+            return False
+        done: list[str] = []
+        for i, writer in enumerate(self._entered):
+            try:
+                writer.__exit__(None, None, None)
+            except BaseException as error:
+                for path in done:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+                self._abort(error, self._entered[i + 1 :])
+                raise
+            done.append(writer.path)
+        return False
+
+    @staticmethod
+    def _abort(exc: BaseException, writers: list[VolumeWriter]) -> None:
+        for writer in writers:
+            with contextlib.suppress(OSError):
+                writer.__exit__(type(exc), exc, exc.__traceback__)

@@ -17,7 +17,9 @@ To add an execution option: decorate ``def _name(run)`` (it changes the model in
 input memory format, the autocast dtype or the compiled runner) with ``@execution_option(name,
 summary, stage=..., needs=...)`` in :mod:`emtools.models.execution`; parsing, "did you mean",
 em-profile's --options help and its man page follow. To add a model: a preset in
-:mod:`emtools.models.spec` and its builder in :func:`build_model`.
+:mod:`emtools.models.spec` and its builder in :func:`build_model`. To ship trained weights
+(``em-train --init NAME``): :mod:`emtools.models.pretrained` says how (the registry is
+:mod:`emtools.models.weights`).
 """
 
 from __future__ import annotations

@@ -269,6 +269,28 @@ def names_from_flags(*, precision: str = "fp32", channels_last: bool = False, on
     return names + ([precision] if precision != "fp32" else [])
 
 
+def inference_flags(device_type: str, *, plain: bool = False, **asked: bool) -> dict[str, bool]:
+    """em-predict's execution flags (``channels_last``, ``onednn``, ``winograd``, ``compile``): those
+    asked for; with none asked (and not ``plain``) on a CPU, ``channels_last``, the layout oneDNN
+    convolves fastest (x1.27 on the shipped FIB-SEM model, more with bf16; benchmarks/bench_predict.py),
+    with the same maps to float tolerance. A rule of the device, not a timing, so that the same
+    command on the same machine writes the same maps."""
+    flags = {name: bool(asked.get(name, False)) for name in ("channels_last", "onednn", "winograd", "compile")}
+    unknown = set(asked) - set(flags)
+    if unknown:
+        raise ValueError(f"unknown execution flags {sorted(unknown)}")
+    if plain and any(flags.values()):
+        chosen = " ".join(PREDICT_FLAGS[name] for name, on in flags.items() if on)
+        raise EmError(f"--plain runs without execution options; drop it or {chosen}")
+    if not plain and not any(flags.values()) and device_type == "cpu":
+        flags["channels_last"] = True
+    return flags
+
+
+PREDICT_FLAGS = {"channels_last": "--channels-last", "onednn": "--onednn", "winograd": "--winograd",
+                 "compile": "--compile"}  # em-predict's flag of each option
+
+
 def unmet(name: str | Plan, device: "torch.device", mode: str = "train") -> list[tuple[str, Requirement, str]]:
     """(single, requirement, reason) of every requirement of ``name`` not met on ``device`` in ``mode``."""
     parts = name.singles if isinstance(name, Plan) else parse_plan(name).singles

@@ -63,7 +63,9 @@ def select_heads(heads: Sequence[HeadSpec], names: Sequence[str] | None = None,
     by_name = {h.name: h for h in heads}
     wanted = list(dict.fromkeys(names)) if names else [h.name for h in heads]
     for name in wanted:
-        if name not in by_name:
+        if "+" in name:
+            by_name[name], starts[name] = _joined(name, heads, starts)
+        elif name not in by_name:
             raise EmError(f"no head {name!r} in the model; its heads are {', '.join(by_name)}")
     channels = dict(channels or {})
     for name, (a, b) in channels.items():
@@ -76,6 +78,26 @@ def select_heads(heads: Sequence[HeadSpec], names: Sequence[str] | None = None,
         a, b = channels.get(name, (0, by_name[name].channels))
         out.append(Selection(by_name[name], starts[name], tuple(range(a, b))))
     return out
+
+
+def _joined(name: str, heads: Sequence[HeadSpec], starts: Mapping[str, int]) -> tuple[HeadSpec, int]:
+    """``a+b``: affinity heads next to each other in the model, output as one map (their channels
+    and offsets in order), e.g. nearest and long-range affinities for the mutex watershed."""
+    parts = [p.strip() for p in name.split("+")]
+    order = [h.name for h in heads]
+    by_name = {h.name: h for h in heads}
+    for part in parts:
+        if part not in by_name:
+            raise EmError(f"--heads {name}: no head {part!r} in the model; its heads are {', '.join(order)}")
+        if by_name[part].kind != "affinity":
+            raise EmError(f"--heads {name}: only affinity heads can be joined ({part} is {by_name[part].kind})")
+    first = order.index(parts[0])
+    if order[first:first + len(parts)] != parts:
+        raise EmError(f"--heads {name}: joined heads must follow each other in the model's order "
+                      f"({', '.join(order)})")
+    joined = HeadSpec(name, "affinity", sum(by_name[p].channels for p in parts),
+                      tuple(o for p in parts for o in by_name[p].offsets))
+    return joined, starts[parts[0]]
 
 
 def parse_channel_ranges(items: Sequence[str]) -> dict[str, tuple[int, int]]:
@@ -105,8 +127,8 @@ def activate(kind: str, logits: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- devices
 
-FLAGS = {"channels_last": "--channels-last", "compile": "--compile", "onednn": "--onednn", "winograd": "--winograd",
-         "bf16": "--precision bf16", "fp16": "--precision fp16"}  # how em-predict spells each option
+# how em-predict spells each option
+FLAGS = {**execution.PREDICT_FLAGS, "bf16": "--precision bf16", "fp16": "--precision fp16"}
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

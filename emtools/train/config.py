@@ -246,10 +246,15 @@ def resolve(raw: Mapping[str, Any]) -> dict:
 
 def load_config(path: str | None, overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None) -> dict:
     """Defaults <- ``base`` (e.g. a checkpoint's config) <- the YAML file <- overrides, resolved."""
-    raw: dict = copy.deepcopy(dict(base or {}))
-    if path is not None:
-        raw = _merge(raw, load_yaml(path))
-    return resolve(apply_overrides(raw, overrides))
+    top = apply_overrides(load_yaml(path) if path is not None else {}, overrides)
+    raw = apply_overrides(_merge(copy.deepcopy(dict(base or {})), load_yaml(path) if path is not None else {}),
+                          overrides)
+    given = top.get("targets") if isinstance(top.get("targets"), Mapping) else {}
+    if base and isinstance(base.get("targets"), Mapping) and isinstance(raw.get("targets"), Mapping):
+        # The base's targets are defaults for its heads: those the model no longer has are dropped.
+        heads = {name for name, _ in _model_section(raw.get("model", "rsunet")).heads}
+        raw["targets"] = {name: t for name, t in raw["targets"].items() if name in heads or name in given}
+    return resolve(raw)
 
 
 def _merge(base: dict, top: Mapping[str, Any]) -> dict:

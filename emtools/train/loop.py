@@ -82,11 +82,13 @@ def prepare(config: Mapping[str, Any], env: dist.Ranks | None = None) -> Prepare
     min_fg = check_training_data(volumes, patch, [h.kind for h in heads], config["data"]["min_foreground"])
     init = None
     if config["train"]["init_from"]:
+        from emtools.models import pretrained
         from emtools.models.checkpoint import read_checkpoint
 
-        path = config["train"]["init_from"]
+        path = pretrained.resolve(config["train"]["init_from"])
         init = read_checkpoint(path)
-        st.check_same_spec(init, spec, path, "train.init_from needs the same model settings")
+        pretrained.check_compatible(init, spec, path)
+        pretrained.check_voxel_size(init, volumes[0].voxel_size_nm, path, force=config["train"]["init_force"])
     return Prepared(dict(config), spec, heads, volumes, min_fg, device, init)
 
 
@@ -210,7 +212,11 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
         norm = resume.get("extra", {}).get("normalization")
     elif prepared.init is not None:
         # Fine-tuning keeps the normalisation the weights were trained with (and predicted pseudo-labels with).
-        model.load_state_dict(prepared.init["state_dict"])
+        from emtools.models.pretrained import load_for_finetuning
+
+        fresh = load_for_finetuning(model, prepared.init)
+        if fresh and env.is_main:
+            log.info("heads %s start from fresh weights (the checkpoint lacks them)", ", ".join(fresh))
         norm = (prepared.init.get("extra") or {}).get("normalization")
     if norm is None:
         norm = fit_image_normalization(prepared.volumes, seed)
@@ -297,6 +303,9 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
     loader = make_loader(sampler, batch_size, start + 1, steps, int(dcfg["num_workers"]))
     window_start, window_steps = time.perf_counter(), 0
     sums = np.zeros(len(heads) + 1)
+    budget_s = float(tcfg["minutes"]) * 60.0 if tcfg["minutes"] is not None else None
+    began_training, last_step = time.perf_counter(), start
+    spent_before = schedule.time_fraction  # a resumed run spends what its budget has left
     for step, batch in zip(range(start + 1, steps + 1), loader):
         interrupt.check()
         lr = schedule.apply(optimizer, step)
@@ -305,9 +314,13 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
         with run.autocast():
             output = net(batch["image"])
         loss, parts = total_loss(heads, split_heads(spec, output), batch)
+        # rank 0's share of the time budget rides along, so that every rank stops at the same step
+        spent = spent_before + (time.perf_counter() - began_training) / budget_s if budget_s and env.is_main else 0.0
         values = torch.tensor([float(loss.detach()), *(float(parts[h.name].detach()) for h in heads),
-                               0.0 if torch.isfinite(loss).item() else 1.0], dtype=torch.float64)
+                               0.0 if torch.isfinite(loss).item() else 1.0, spent], dtype=torch.float64)
         values = dist.all_reduce_sum(values.to(device), env).cpu()
+        spent = float(values[-1])
+        values = values[:-1]
         if values[-1] > 0:
             _stop_non_finite(step, float(loss.detach()), last_path, last_saved, metrics, env)
         optimizer.zero_grad(set_to_none=True)
@@ -327,7 +340,9 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
         sums += mean
         window_steps += 1
         last_loss = float(mean[0])
-        if step % int(tcfg["log_every"]) == 0 or step == steps:
+        last_step, schedule.time_fraction = step, min(1.0, spent)
+        final = step == steps or spent >= 1.0
+        if step % int(tcfg["log_every"]) == 0 or final:
             elapsed = max(time.perf_counter() - window_start - paused, 1e-9)
             rate = window_steps * batch_size * env.world_size / elapsed
             record = {"step": step, "split": "train", "loss": float(sums[0] / window_steps), "lr": lr,
@@ -339,13 +354,17 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
         if on_step is not None and env.is_main:
             on_step({"step": step, "steps": steps, "split": "step", "loss": last_loss, "lr": lr})
         # Validation first: the checkpoint of this step then holds its scores and the best so far.
-        if validating and (step % int(vcfg["every"]) == 0 or step == steps):
+        if validating and (step % int(vcfg["every"]) == 0 or final):
             validate(step)
         if step % int(tcfg["checkpoint_every"]) == 0:
             save(step)
-    if last_saved < steps:
-        save(steps)
-    return RunResult(steps, last_path if env.is_main else None, best_path if env.is_main else None, metrics.records)
+        if final and step < steps:
+            log.info("time budget of %g minutes spent at step %d of %d", float(tcfg["minutes"]), step, steps)
+            break
+    if last_saved < last_step:
+        save(last_step)
+    return RunResult(last_step, last_path if env.is_main else None, best_path if env.is_main else None,
+                     metrics.records)
 
 
 def _stop_non_finite(step: int, value: float, last_path: str | None, last_saved: int, metrics: MetricsLog,

@@ -60,6 +60,9 @@ class Schedule:
         self.warmup_steps, self.min_lr_ratio = int(warmup_steps), float(min_lr_ratio)
         self.step_every, self.gamma = int(step_every), float(gamma)
         self.last_step = 0
+        # A time budget (train.minutes) moves the cosine along with the share of the time spent,
+        # when that is ahead of the share of the steps done.
+        self.time_fraction = 0.0
 
     def factor(self, step: int) -> float:
         if self.warmup_steps > 0 and step <= self.warmup_steps:
@@ -70,7 +73,7 @@ class Schedule:
         if self.name == "warmup_step":
             return self.gamma ** (after // self.step_every)
         span = max(1, self.steps - self.warmup_steps)
-        t = min(1.0, after / span)
+        t = min(1.0, max(after / span, self.time_fraction))
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
     def lr(self, step: int) -> float:
@@ -87,7 +90,8 @@ class Schedule:
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "peak_lr": self.peak_lr, "steps": self.steps, "warmup_steps": self.warmup_steps,
                 "min_lr_ratio": self.min_lr_ratio, "step_every": self.step_every, "gamma": self.gamma,
-                "last_step": self.last_step}
+                "last_step": self.last_step, "time_fraction": self.time_fraction}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_step = int(state.get("last_step", 0))
+        self.time_fraction = float(state.get("time_fraction", 0.0))

@@ -108,6 +108,10 @@ SCHEMA: dict[str, Any] = {
     },
     "train": {
         "steps": _f("int", 1000, "optimizer steps in all", minimum=1),
+        "minutes": _f("float", None, "time budget: stop after this many minutes of training (wall time from the "
+                      "first step, validation and checkpoints included) or train.steps, whichever comes first; "
+                      "the cosine schedule follows the share of the time spent when it is ahead of the steps; "
+                      "--resume spends what is left (a timed run is not step-exact)", optional=True, minimum=0.0),
         "log_every": _f("int", 10, "metrics line every this many steps", minimum=1),
         "checkpoint_every": _f("int", 500, "step_N.pt and last.pt every this many steps", minimum=1),
         "keep": _f("int", 3, "step_N.pt files kept (0: only last.pt)", minimum=0),
@@ -127,8 +131,11 @@ SCHEMA: dict[str, Any] = {
         "winograd": _f("bool", False, "compute the wide 3x3x3 convolutions (>= 64 channels) by Winograd's algorithm "
                        "on CPU, forward and backward, the rest on oneDNN: 6x fewer multiplies on the "
                        "coarse levels of rsunet-efficient (em-profile's winograd option measures it)"),
-        "init_from": _f("str", None, "start from these weights (a checkpoint of the same model spec)",
-                        optional=True),
+        "init_from": _f("str", None, "start from these weights (or --init): a checkpoint of the same network "
+                        "or a shipped name (emtools.models.pretrained); its model, targets and crop are the "
+                        "defaults; heads it lacks start fresh", optional=True),
+        "init_force": _f("bool", False, "start from train.init_from although its voxel size differs from the "
+                         "data's (or --force)"),
         "sync_batchnorm": _f("bool", False, "SyncBatchNorm across ranks (GPU only)"),
         "plot": _f("str", None, "write loss/metric curves to this PNG (or --plot)", optional=True),
     },
