@@ -136,7 +136,8 @@ def test_joined_affinity_heads_feed_the_mutex_watershed(tmp_path, data):
     joined, meta = io.read_volume(f"{tmp_path}/joined.h5:/affs")
     near, _ = io.read_volume(str(tmp_path / "apart_affinity.h5"))
     far, _ = io.read_volume(str(tmp_path / "apart_long.h5"))
-    np.testing.assert_array_equal(joined, np.concatenate([near, far]))
+    # equal to float rounding: the sigmoid runs on differently strided channel slices
+    np.testing.assert_allclose(joined, np.concatenate([near, far]), rtol=1e-5, atol=1e-6)
     assert meta.attrs["affinity_offsets"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-2, 0, 0], [0, -6, 0]]
     from emtools.cli.watershed import main as watershed
 
