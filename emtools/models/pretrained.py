@@ -25,9 +25,9 @@ import torch
 
 from emtools.errors import EmError
 from emtools.models.checkpoint import read_checkpoint, save_checkpoint, saved_spec
-from emtools.models.spec import spec_from_dict
+from emtools.models.spec import spec_difference, spec_from_dict
 from emtools.models.weights import PRETRAINED, WEIGHTS_DIR, Pretrained
-from emtools.values import closest_name
+from emtools.values import did_you_mean
 
 log = logging.getLogger("emtools")
 
@@ -45,10 +45,8 @@ def resolve(name_or_path: str) -> str:
         return path
     if os.path.exists(name_or_path):
         return name_or_path
-    hint = closest_name(name_or_path, list(PRETRAINED))
-    names = ", ".join(PRETRAINED) or "none"
     raise EmError(f"'{name_or_path}' is neither a checkpoint file nor a shipped model "
-                  f"({names}){'; did you mean ' + repr(hint) + '?' if hint else ''}")
+                  f"({', '.join(PRETRAINED) or 'none'}){did_you_mean(name_or_path, PRETRAINED, otherwise='')}")
 
 
 def config_base(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,18 +68,11 @@ def _backbone(spec_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_compatible(payload: Mapping[str, Any], spec, path: str) -> None:
     """One line when the checkpoint's network (all but its heads) differs from ``spec``."""
-    saved = _backbone(spec_from_dict(saved_spec(dict(payload)), where=path).to_dict())
-    current = _backbone(spec.to_dict())
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            raise EmError(f"--init {path} is a checkpoint of another architecture ({key}: "
-                          f"{_short(saved.get(key))} vs {_short(current.get(key))}); drop the model "
-                          "settings from the config to take the checkpoint's, or start from scratch")
-
-
-def _short(value: Any) -> str:
-    text = str(value).replace(" ", "")
-    return text if len(text) <= 40 else text[:37] + "..."
+    saved = spec_from_dict(saved_spec(dict(payload)), where=path).to_dict()
+    difference = spec_difference(_backbone(saved), _backbone(spec.to_dict()))
+    if difference is not None:
+        raise EmError(f"--init {path} is a checkpoint of another architecture ({difference}); drop the model "
+                      "settings from the config to take the checkpoint's, or start from scratch")
 
 
 def check_voxel_size(payload: Mapping[str, Any], voxel_size_nm: Sequence[float], path: str,
@@ -120,10 +111,7 @@ def load_for_finetuning(model: torch.nn.Module, payload: Mapping[str, Any]) -> l
         if key not in state:
             raise EmError(f"--init: the checkpoint has weights the model lacks ({key})")
         target = state[key]
-        if tuple(value.shape) == tuple(target.shape) and old_heads == new_heads:
-            loaded[key] = value
-            continue
-        if tuple(value.shape) == tuple(target.shape) and not _is_output(key):
+        if tuple(value.shape) == tuple(target.shape) and (old_heads == new_heads or not _is_output(key)):
             loaded[key] = value
             continue
         axis = _channel_axis(value.shape, target.shape, old_total, new_total)

@@ -357,3 +357,16 @@ def resolve_spec(source: str, overrides: Sequence[str] | Mapping[str, Any] = ())
             raise EmError(f"spec file not found ({source})")
         return spec_from_dict({**load_spec_file(source), **extra}, where=source)
     raise EmError(f"unknown model '{source}'{did_you_mean(source, PRESETS)}")
+
+
+def spec_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """The first model-spec key whose value differs, as ``key: saved vs current``, or None."""
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            return f"{key}: {_short(saved.get(key))} vs {_short(current.get(key))}"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = str(value).replace(" ", "")
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -32,7 +32,7 @@ import torch
 
 from emtools.errors import EmError
 from emtools.models.checkpoint import read_checkpoint, save_checkpoint, saved_spec
-from emtools.models.spec import ModelSpec, spec_from_dict
+from emtools.models.spec import ModelSpec, spec_difference, spec_from_dict
 
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 LAST, BEST = "last.pt", "best.pt"
@@ -103,19 +103,6 @@ def write_checkpoint(run_dir: str, step: int, model: torch.nn.Module, spec: Mode
 
 def write_best(run_dir: str, model: torch.nn.Module, spec: ModelSpec, extra: dict) -> str:
     return save_checkpoint(os.path.join(run_dir, BEST), model, spec, extra)
-
-
-def spec_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
-    """The first model-spec key whose value differs, as ``key: saved vs current``, or None."""
-    for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            return f"{key}: {_short(saved.get(key))} vs {_short(current.get(key))}"
-    return None
-
-
-def _short(value: Any) -> str:
-    text = str(value).replace(" ", "")
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_resume(path: str) -> dict[str, Any]:
