@@ -260,3 +260,38 @@ def test_chunked_run_matches_the_whole_volume_run_on_gala(tmp_path):
     assert voi(chunked, whole) < 0.35
     assert voi(chunked[inside], gt[inside]) < voi(whole[inside], gt[inside]) + 0.15
     assert voi(whole[inside], gt[inside]) < 0.5
+
+
+def test_preview_has_one_row_per_threshold_and_all_or_nothing(tmp_path, volume, monkeypatch):
+    from PIL import Image
+
+    from emtools import pictures
+    from emtools.errors import EmError
+
+    frags, affs = f"{volume}/frags.h5:/frags", f"{volume}/affs.h5:/affs"
+    args = ["segment", frags, affs, "-t", "0.2,0.6", "-o", f"{tmp_path}/seg_{{threshold}}.h5:/seg",
+            "--history", tmp_path / "h.tsv"]
+    result = agglomerate(*args, "--preview", tmp_path / "seg.png", "-q")
+    assert result.returncode == 0, result.output
+    assert result.stdout.split() == [f"{tmp_path}/seg_0.2.h5", f"{tmp_path}/seg_0.6.h5", f"{tmp_path}/h.tsv",
+                                     f"{tmp_path}/seg.png"]
+    with Image.open(tmp_path / "seg.png") as image:
+        picture = np.asarray(image)
+    assert picture.shape == (2 * 96 + 4, 4 * 96 + 3 * 4, 3)  # thresholds x four of the twelve sections
+    np.testing.assert_array_equal(picture, pictures.labels_picture(
+        [f"{tmp_path}/seg_0.2.h5:/seg", f"{tmp_path}/seg_0.6.h5:/seg"], affs))
+    assert (picture[:96] != picture[100:]).any()  # more merged at 0.6
+    replay = agglomerate("replay", frags, "--history", tmp_path / "h.tsv", "-t", "0.6", "-o", tmp_path / "r.h5",
+                         "--preview", tmp_path / "r.png")
+    assert replay.returncode == 0 and replay.stdout.split() == [f"{tmp_path}/r.h5", f"{tmp_path}/r.png"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    bad = agglomerate(*args[:-2], "-o", f"{tmp_path}/new_{{threshold}}.h5", "--preview", tmp_path / "no" / "p.png")
+    assert_one_line_error(bad, "agglomerate", "output folder does not exist")
+
+    def broken(*_, **__):
+        raise EmError("cannot draw")
+
+    monkeypatch.setattr(pictures, "labels_picture", broken)
+    failed = agglomerate(*args[:-2], "-o", f"{tmp_path}/new_{{threshold}}.h5", "--preview", tmp_path / "p.png", "-q")
+    assert_one_line_error(failed, "agglomerate", "cannot draw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no segmentation of the failed runs remains

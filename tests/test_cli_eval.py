@@ -350,3 +350,67 @@ def test_real_snemi_tiffs_with_voxel_size():
     out = run_json(f"{base}/train-fragments.tif", f"{base}/train-labels.tif", "--voxel-size", "30,6,6")
     assert out["voxel_size_nm"] == [30.0, 6.0, 6.0] and out["gt_objects"] == 27 and out["seg_objects"] == 1389
     assert out["voi_split"] > out["voi_merge"]
+
+
+# ----------------------------------------------------------------------------- --plot
+
+def _png(path):
+    from PIL import Image
+
+    with Image.open(path) as png:
+        assert png.mode == "RGB"
+        return np.asarray(png)
+
+
+def test_plot_draws_the_errors_over_the_image_and_stdout_stays_json(tmp_path, pair):
+    from emtools.evaluate import contingency_table
+    from emtools.pictures import (BOTH_RGB, MERGE, OUTLINE_RGB, SPLIT, SPLIT_RGB, LargestOverlaps, eval_errors_picture,
+                                  outline_mask, split_merge_classes)
+
+    seg_spec, gt_spec, seg, gt = pair
+    image = write(tmp_path, "image", np.random.default_rng(1).integers(0, 256, seg.shape).astype(np.uint8))
+    plain = run_json(seg_spec, gt_spec)
+    for name in ("a.png", "b.png"):
+        assert run_json(seg_spec, gt_spec, "--plot", tmp_path / name, "--image", image) == plain
+    assert open(tmp_path / "a.png", "rb").read() == open(tmp_path / "b.png", "rb").read()
+    drawn = _png(tmp_path / "a.png")
+    # two rows (ground truth, segmentation) of four of the six sections, 20x24 each
+    assert drawn.shape == (2 * 20 + 4, 4 * 24 + 3 * 4, 3)
+    np.testing.assert_array_equal(drawn, eval_errors_picture([seg_spec], gt_spec, image))
+    # in the segmentation's row, the errors of the whole volume are tinted where they are, and only there
+    overlaps = LargestOverlaps.from_table(contingency_table(gt, seg))
+    classes = split_merge_classes(seg[0], gt[0], overlaps)
+    row, grey = drawn[24:, :24].astype(int), io.read_volume(image)[0][0].astype(int)
+    free = ~outline_mask(seg[0])
+    for code, colour in ((SPLIT, SPLIT_RGB), (SPLIT | MERGE, BOTH_RGB)):  # the fixture's two kinds
+        where = (classes == code) & free
+        assert where.sum() >= 8
+        np.testing.assert_array_equal(row[where], np.floor(0.4 * grey[where][:, None] + 0.6 * np.array(colour) + 0.5))
+    correct = (classes == 0) & free
+    np.testing.assert_array_equal(row[correct], np.repeat(grey[correct][:, None], 3, axis=1))
+    assert (row[~free] == OUTLINE_RGB).all()
+
+
+def test_plot_of_a_sweep_has_one_row_per_segmentation(sweep, tmp_path):
+    specs, gt_spec = sweep
+    result = invoke(*specs, gt_spec, "--table", "--plot", tmp_path / "sweep.png", "-q")
+    assert result.returncode == 0 and result.stderr == "" and "seg_10" in result.stdout
+    assert _png(tmp_path / "sweep.png").shape == (4 * 20 + 3 * 4, 4 * 24 + 3 * 4, 3)
+
+
+def test_bad_plot_options_are_refused_before_any_output(tmp_path, pair):
+    seg_spec, gt_spec, seg, _ = pair
+    csv_path = tmp_path / "objects.csv"
+    assert_one_line_error(invoke(seg_spec, gt_spec, "--csv", csv_path, "--plot", tmp_path / "no" / "p.png"),
+                          "eval", "output folder does not exist")
+    assert_one_line_error(invoke(seg_spec, gt_spec, "--plot", tmp_path / "p.jpg"), "eval", "--plot must be a .png")
+    assert_one_line_error(invoke(seg_spec, gt_spec, "--image", seg_spec), "eval", "--image is the background of --plot")
+    assert_one_line_error(invoke(seg_spec, gt_spec, "--mode", "semantic", "--plot", tmp_path / "p.png"),
+                          "eval", "--plot draws split/merge errors", "neuron")
+    assert_one_line_error(invoke(seg_spec, gt_spec, "--plot", tmp_path / "p.png", "--image", tmp_path / "none.h5"),
+                          "eval", "none.h5")
+    # an image on another grid fails after scoring but before anything is written
+    coarse = write(tmp_path, "coarse", np.zeros(seg.shape, np.uint8), voxel=(40, 8, 8))
+    assert_one_line_error(invoke(seg_spec, gt_spec, "--csv", csv_path, "--plot", tmp_path / "p.png", "--image", coarse),
+                          "eval", "voxel sizes differ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coarse.h5", "gt.h5", "seg.h5"]

@@ -391,7 +391,7 @@ def _patch_of(path):
 
 def test_default_patch_is_chosen_for_speed_and_matches_an_explicit_run(tmp_path, data, monkeypatch):
     """Without --patch: a valid patch larger than the training input (4,24,24), logged; no overlap
-    along axes one patch covers, 0.25 elsewhere; the maps equal an explicit run with that window."""
+    along axes one patch covers, AUTO_OVERLAP elsewhere; the maps equal an explicit run with that window."""
     from emtools.predict import autopatch
 
     monkeypatch.setattr(autopatch, "available_memory_bytes", lambda: 64 << 30)
@@ -402,13 +402,14 @@ def test_default_patch_is_chosen_for_speed_and_matches_an_explicit_run(tmp_path,
     patch = params["patch_zyx"]
     assert all(p >= t and p % f == 0 for p, t, f in zip(patch, (4, 24, 24), (1, 2, 2))) and patch != [4, 24, 24]
     lines = result.stderr.splitlines()
-    assert patch == [10, 30, 30] and lines[0] == (
-        "em-predict: patch 10,30,30, crop 1,3,3/1,3,3, kept 8,24,24, stride 8,18,18, overlap 0,0.25,0.25, batch 1: "
-        "chosen within the default memory budget 4G (about 5.6M); 9 patches per block, each voxel computed 7.8 times")
+    # the auto crop is 1/8 of the training input 4,24,24 (0,3,3), however large the patch
+    assert patch == [8, 26, 26] and lines[0] == (
+        "em-predict: patch 8,26,26, crop 0,3,3/0,3,3, kept 8,20,20, stride 8,18,18, overlap 0,0.125,0.125, batch 1: "
+        "chosen within the default memory budget 4G (about 3.6M); 9 patches per block, each voxel computed 4.7 times")
     assert lines[-1].startswith("em-predict: done: 41472 voxels in ") and "Mvoxel/s; " in lines[-1]
     assert params["patch_chosen_for_memory_bytes"] > 0
     explicit = predict(data["ckpt"], data["raw"], "-o", tmp_path / "explicit_{head}.h5", "--block", "8,36,36",
-                       "--patch", ",".join(map(str, patch)), "--overlap", "0,0.25,0.25", "-q")
+                       "--patch", ",".join(map(str, patch)), "--overlap", "0,0.125,0.125", "-q")
     assert explicit.returncode == 0, explicit.output
     for head in ("affinity", "foreground"):
         assert np.array_equal(io.read_volume(str(tmp_path / f"auto_{head}.h5"))[0],
@@ -416,7 +417,7 @@ def test_default_patch_is_chosen_for_speed_and_matches_an_explicit_run(tmp_path,
     whole = predict(data["ckpt"], data["raw"], "-o", tmp_path / "one_{head}.h5", "-q")  # one block: one patch
     assert whole.returncode == 0, whole.output
     one = _patch_of(tmp_path / "one_affinity.h5")
-    assert one["patch_zyx"] == [10, 94, 94] and one["stride_zyx"] == [8, 72, 72]  # kept 8,72,72 covers it
+    assert one["patch_zyx"] == [8, 78, 78] and one["stride_zyx"] == [8, 72, 72]  # kept 8,72,72 covers it
 
 
 def test_a_memory_budget_bounds_the_default_patch(tmp_path, data):
@@ -474,3 +475,27 @@ def test_default_patch_chunks_merge_into_the_default_whole_volume_prediction(tmp
     assert merged.returncode == 0, merged.output
     values = io.read_volume(str(tmp_path / "merged.h5"))[0]
     assert np.abs(values - io.read_volume(str(tmp_path / "whole.h5"))[0]).max() < 1e-5
+
+
+def test_preview_shows_the_input_above_its_maps_and_a_bad_path_predicts_nothing(tmp_path, data):
+    from PIL import Image
+
+    png = tmp_path / "p.png"
+    result = predict(data["ckpt"], data["raw"], "-o", tmp_path / "o_{head}.h5", "--preview", png, *WINDOW)
+    assert result.returncode == 0, result.output
+    assert result.stdout.split() == [str(tmp_path / "o_affinity.h5"), str(tmp_path / "o_foreground.h5"), str(png)]
+    with Image.open(png) as image:
+        picture = np.asarray(image)
+    # rows: the image, the affinities (RGB), the foreground (grey); four of the eight sections, 72x72
+    assert picture.shape == (3 * 72 + 2 * 4, 4 * 72 + 3 * 4, 3)
+    affs = io.read_volume(str(tmp_path / "o_affinity.h5"))[0]
+    fg = io.read_volume(str(tmp_path / "o_foreground.h5"))[0]
+    for column, z in enumerate((0, 2, 5, 7)):
+        x = column * 76
+        np.testing.assert_array_equal(picture[:72, x:x + 72, 0], data["image"][z])
+        np.testing.assert_array_equal(picture[76:148, x:x + 72], (np.moveaxis(affs[:, z], 0, -1) * 255 + 0.5).astype(np.uint8))
+        np.testing.assert_array_equal(picture[152:, x:x + 72, 1], (fg[z] * 255 + 0.5).astype(np.uint8))
+    for bad, fragment in ((tmp_path / "no" / "p.png", "output folder does not exist"), (tmp_path / "p.gif", ".png")):
+        failed = predict(data["ckpt"], data["raw"], "-o", tmp_path / "n_{head}.h5", "--preview", bad, *WINDOW)
+        assert_one_line_error(failed, "predict", fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o_affinity.h5", "o_foreground.h5", "p.png"]

@@ -263,3 +263,27 @@ def test_mutex_options_are_refused_without_it(tmp_path, affs):
     result = watershed(spec, "--offsets", MUTEX_JSON, "-o", tmp_path / "out.h5")
     assert_one_line_error(result, "watershed", "--offsets is for --method mutex")
     assert "--method mutex" in watershed("--help").stdout
+
+
+def test_preview_draws_the_fragments_over_the_input_and_bad_paths_write_nothing(tmp_path, affs):
+    from PIL import Image
+
+    from emtools.pictures import LABEL_ALPHA, id_colours, labels_picture
+
+    spec, values = affs
+    out, png = tmp_path / "frags.h5", tmp_path / "frags.png"
+    result = watershed(spec, "-o", out, "--preview", png, "-q")
+    assert result.returncode == 0, result.output
+    assert result.stdout == f"{out}\n{png}\n"
+    with Image.open(png) as image:
+        picture = np.asarray(image)
+    assert picture.shape == (40, 4 * 40 + 3 * 4, 3)  # one row, four of the six sections (0, 2, 3, 5), 40x40
+    np.testing.assert_array_equal(picture, labels_picture([str(out)], spec))
+    frags = io.read_volume(str(out))[0][0]
+    grey = np.floor(values[:3, 0].astype(np.float32).mean(axis=0) * 255 + 0.5)
+    expected = np.floor((1 - LABEL_ALPHA) * grey[..., None] + LABEL_ALPHA * id_colours(frags) + 0.5)
+    assert np.abs(picture[:, :40].astype(int) - expected).max() <= 1  # each fragment in its colour over the map
+    for bad, fragment in ((tmp_path / "no" / "p.png", "output folder does not exist"), (tmp_path / "p.jpg", ".png")):
+        result = watershed(spec, "-o", tmp_path / "other.h5", "--preview", bad)
+        assert_one_line_error(result, "watershed", fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["affs.h5", "frags.h5", "frags.png"]

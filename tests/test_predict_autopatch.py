@@ -14,13 +14,16 @@ MEMORY = MemoryModel(activation_bytes_per_voxel=500.0, flops_per_voxel=7000.0, i
                      kept_channels=4)
 
 
+TRAIN = (4, 24, 24)  # the training input size: the auto crop is 1/8 of it (0,3,3), whatever the patch
+
+
 def crop_of(axis, size):
-    lo, hi = crop_margins("auto", (size,) * 3, *RF)
+    lo, hi = crop_margins("auto", (size,) * 3, *RF, train_zyx=TRAIN)
     return lo[axis], hi[axis]
 
 
 def choose(extent, volume=None, budget=GIB, overlap=None, **kwargs):
-    return choose_patch((1, 2, 2), (4, 24, 24), extent, volume or extent, overlap, MEMORY, budget, 1, extent,
+    return choose_patch((1, 2, 2), TRAIN, extent, volume or extent, overlap, MEMORY, budget, 1, extent,
                         crop_of, **kwargs)
 
 
@@ -62,9 +65,9 @@ def test_the_default_budget_is_fixed_and_a_choice_beyond_free_memory_warns():
 
 def test_a_small_volume_is_covered_by_one_patch_without_overlap():
     choice = choose((8, 72, 72))
-    assert choice.patch_zyx == (10, 94, 94)  # kept 8,72,72 after the auto crop of 1,11,11 per side
+    assert choice.patch_zyx == (8, 78, 78)  # kept 8,72,72 after the auto crop of 0,3,3 per side
     assert choice.patches == 1 and choice.overlap == ("fraction", (0.0, 0.0, 0.0))
-    assert math.isclose(choice.recompute, 10 * 94 * 94 / (8 * 72 * 72))
+    assert math.isclose(choice.recompute, 8 * 78 * 78 / (8 * 72 * 72))
 
 
 def _grid_cost(patch, overlap, extent):
@@ -72,7 +75,7 @@ def _grid_cost(patch, overlap, extent):
     from emtools.predict.windows import make_grid, resolve_crop
     from emtools.tiling.geometry import Box
 
-    grid = make_grid(patch, resolve_crop("auto", patch, *RF), overlap)
+    grid = make_grid(patch, resolve_crop("auto", patch, *RF, TRAIN), overlap)
     count = grid.count(Box.from_shape(extent))
     return count, count * math.prod(patch) / math.prod(extent)
 
@@ -82,7 +85,7 @@ def test_a_large_volume_gets_the_cheapest_patch_that_fits_with_overlap():
     roomy = choose(extent, volume=volume, budget=4 * GIB)
     tight = choose(extent, volume=volume, budget=GIB // 4)
     for choice, budget in ((roomy, 4 * GIB), (tight, GIB // 4)):
-        assert choice.overlap == ("fraction", (0.25, 0.25, 0.25)) and choice.estimate_bytes <= budget
+        assert choice.overlap == ("fraction", (autopatch.AUTO_OVERLAP,) * 3) and choice.estimate_bytes <= budget
         assert all(p % f == 0 and p >= t for p, f, t in zip(choice.patch_zyx, (1, 2, 2), (4, 24, 24)))
         assert (choice.patches, choice.recompute) == pytest.approx(_grid_cost(choice.patch_zyx, choice.overlap, extent))
     def cost(choice):  # what the choice minimises: network FLOPs plus the work per patch

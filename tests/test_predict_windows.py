@@ -58,6 +58,9 @@ def test_resolve_crop():
     patch, lo, hi = (8, 32, 32), (6, 17, 17), (6, 17, 18)
     assert resolve_crop("auto", patch, lo, hi) == ((1, 4, 4), (1, 4, 4))
     assert resolve_crop("auto", (16, 256, 256), (1, 17, 17), (1, 17, 18)) == ((1, 17, 17), (1, 17, 18))
+    # with the training input size known, the auto crop is set by it, not by a larger patch
+    assert resolve_crop("auto", (16, 256, 256), (1, 17, 17), (1, 17, 18), (8, 64, 64)) == ((1, 8, 8), (1, 8, 8))
+    assert resolve_crop("auto", (16, 48, 48), (1, 17, 17), (1, 17, 18), (8, 64, 64)) == ((1, 6, 6), (1, 6, 6))
     assert resolve_crop("valid", (16, 64, 64), lo, hi) == (lo, hi)
     assert resolve_crop("0", patch, lo, hi) == ((0, 0, 0), (0, 0, 0))
     assert resolve_crop("1,2,3", patch, lo, hi) == ((1, 2, 3), (1, 2, 3))

@@ -60,6 +60,35 @@ def _compression_option(func):
     return click.option("--compression", default="gzip", show_default=True, help="gzip[:LEVEL], lzf (HDF5 only) or none.")(func)
 
 
+def _preview_option(background: str):
+    return click.option("--preview", default=None, metavar="FILE.png",
+                        help="Also draw a few z sections: one row per output, each segment in its own colour (the same "
+                             f"id, the same colour, every run) over {background}.")
+
+
+def _check_preview(preview, *others) -> None:
+    """Before any work: a bad --preview path leaves no segmentation either."""
+    if preview is not None:
+        from emtools.pictures import check_picture_path
+
+        check_picture_path(preview, "--preview", others)
+
+
+def _draw_preview(preview, output, written, labels, background_spec=None, voxel_size_nm=None) -> None:
+    """Draw the segmentation files ``labels`` (one row each); if that fails, none of ``written``
+    (every output of the run, the history too) remain. Then the paths go to stdout, the preview's last."""
+    if preview is not None:
+        from emtools.io import split_h5_spec
+        from emtools.pictures import labels_picture, write_picture
+
+        dataset = (split_h5_spec(output) or (None, None))[1]  # the files hold the template's dataset
+        specs = [f"{path}:{dataset}" if dataset else path for path in labels]
+        write_picture(preview, lambda: labels_picture(specs, background_spec, voxel_size_nm=voxel_size_nm), written)
+        written = [*written, preview]
+    for path in written:
+        emit(path)
+
+
 # ----------------------------------------------------------------------------- segment
 
 @main.command()
@@ -71,8 +100,10 @@ def _compression_option(func):
 @_score_option
 @_map_options
 @_compression_option
+@_preview_option("the map in grey (affinities: the mean of the first three channels)")
 @contract(TOOL)
-def segment(fragments_spec, map_spec, thresholds_text, output, history_path, score, bins, invert, voxel_size_nm, compression):
+def segment(fragments_spec, map_spec, thresholds_text, output, history_path, score, bins, invert, voxel_size_nm, compression,
+            preview):
     """Agglomerate FRAGMENTS with AFFINITIES_OR_BOUNDARY; write one segmentation per threshold.
 
     The merge history is computed once up to the largest threshold; each output is the
@@ -83,11 +114,18 @@ def segment(fragments_spec, map_spec, thresholds_text, output, history_path, sco
     Examples:
       em-agglomerate segment frags.h5 affs.h5:/affs -t 0.1,0.2,0.3,0.4,0.5 -o 'seg_{threshold}.h5:/seg'
       em-agglomerate segment frags.h5 probs.h5:/boundary --score quantile:50 -t 0.5 -o seg.h5 --history merges.tsv
+      em-agglomerate segment frags.h5 affs.h5:/affs -t 0.2,0.4 -o 'seg_{threshold}.h5' --preview seg.png
     """
     from emtools.segment.jobs import agglomerate_volume
 
-    agglomerate_volume(fragments_spec, map_spec, thresholds_text, output, history_path=history_path, score=score,
-                       bins=bins, invert=invert, voxel_size_nm=voxel_size_nm, compression=compression, on_written=emit)
+    _check_preview(preview, output, fragments_spec, map_spec, history_path)
+    written = []
+    segmentations = agglomerate_volume(
+        fragments_spec, map_spec, thresholds_text, output, history_path=history_path, score=score, bins=bins,
+        invert=invert, voxel_size_nm=voxel_size_nm, compression=compression,
+        on_written=emit if preview is None else written.append)
+    labels = [path for path in segmentations if path != history_path]  # the history comes last
+    _draw_preview(preview, output, written, labels, map_spec, voxel_size_nm)
 
 
 # ----------------------------------------------------------------------------- replay
@@ -99,20 +137,25 @@ def segment(fragments_spec, map_spec, thresholds_text, output, history_path, sco
 @click.option("-o", "--output", required=True, help="Output spec; with several thresholds it must contain {threshold}.")
 @click.option("--voxel-size", "voxel_size_nm", type=FLOAT_TRIPLE, default=None, help="Voxel size z,y,x in nm.")
 @_compression_option
+@_preview_option("neutral grey")
 @contract(TOOL)
-def replay(fragments_spec, history_path, thresholds_text, output, voxel_size_nm, compression):
+def replay(fragments_spec, history_path, thresholds_text, output, voxel_size_nm, compression, preview):
     """Segment FRAGMENTS at new thresholds from a saved merge history: no affinities, no rerun.
 
     Thresholds may not exceed the one the history was computed up to.
 
     \b
-    Example:
+    Examples:
       em-agglomerate replay frags.h5 --history merges.tsv -t 0.35,0.45 -o 'seg_{threshold}.h5'
+      em-agglomerate replay frags.h5 --history merges.tsv -t 0.35 -o seg.h5 --preview seg.png
     """
     from emtools.segment.jobs import replay_volume
 
-    replay_volume(fragments_spec, history_path, thresholds_text, output, voxel_size_nm=voxel_size_nm,
-                  compression=compression, on_written=emit)
+    _check_preview(preview, output, fragments_spec, history_path)
+    written = []
+    segmentations = replay_volume(fragments_spec, history_path, thresholds_text, output, voxel_size_nm=voxel_size_nm,
+                                  compression=compression, on_written=emit if preview is None else written.append)
+    _draw_preview(preview, output, written, segmentations, None, voxel_size_nm)
 
 
 # ----------------------------------------------------------------------------- chunked
@@ -192,19 +235,23 @@ def stitch(edge_tables, offsets_path, thresholds_text, output):
 @click.option("-t", "--threshold", type=float, required=True, help="One of the look-up table's thresholds.")
 @click.option("-o", "--output", required=True, help="Output segmentation chunk.")
 @_compression_option
+@_preview_option("neutral grey")
 @contract(TOOL)
-def relabel(fragments_spec, offsets_path, lut_path, threshold, output, compression):
+def relabel(fragments_spec, offsets_path, lut_path, threshold, output, compression, preview):
     """Relabel one fragment chunk through the stitched look-up table at --threshold.
 
     The output keeps the chunk's region, so em-tile merge assembles the volume.
 
     \b
-    Example:
+    Examples:
       em-agglomerate relabel frags/C.h5 --offsets offsets.tsv --lut lut.tsv -t 0.5 -o seg/C.h5
+      em-agglomerate relabel frags/C.h5 --offsets offsets.tsv --lut lut.tsv -t 0.5 -o seg/C.h5 --preview C.png
     """
     from emtools.segment.chunked import relabel_chunk
 
-    emit(relabel_chunk(fragments_spec, offsets_path, lut_path, threshold, output, compression=compression))
+    _check_preview(preview, output, fragments_spec, offsets_path, lut_path)
+    path = relabel_chunk(fragments_spec, offsets_path, lut_path, threshold, output, compression=compression)
+    _draw_preview(preview, output, [path], [path])
 
 
 if __name__ == "__main__":

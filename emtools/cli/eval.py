@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -35,6 +36,7 @@ from emtools.evaluate import (
     summary_table,
 )
 from emtools.evaluate.modes import check_settings, modes_help, modes_using, objects_help
+from emtools.pictures.drawing import MAX_TILE_PX
 
 TOOL = "em-eval"
 
@@ -50,6 +52,8 @@ def _either(setting: str) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
+_PLOT_MODES = [name for name, m in MODES.items() if m.inputs_for(EvalSettings()) == "labels"]
+
 _SEVERAL = textwrap.fill(
     "Several segmentations (a threshold sweep): the last argument is the ground truth; each SEGMENTATION "
     "may be a quoted glob of HDF5 files ('seg_*.h5', 'seg_*.h5:/seg'), expanded in natural order (seg_2 "
@@ -57,6 +61,21 @@ _SEVERAL = textwrap.fill(
     "segmentation, in order, each the object a single run prints; --table prints a table instead, "
     "with the threshold that em-agglomerate recorded in each file and the best row marked: "
     f"{summaries_help()}. The ground truth is read once per batch of segmentations.",
+    width=88, break_on_hyphens=False)
+
+_PLOT = textwrap.fill(
+    "A picture of the errors (--plot FILE.png, modes " + ", ".join(_PLOT_MODES) + "): a few z sections, "
+    f"evenly spread over the region every input covers, shrunk to tiles of at most {MAX_TILE_PX} pixels. Top "
+    "row: the "
+    "ground-truth objects, each in its colour; then one row per segmentation, in the order given, its "
+    "errors tinted and its outlines in yellow. Split (vermillion): voxels of a ground-truth object outside "
+    "its main segment (the one holding most of the object), i.e. the smaller pieces of a split object. "
+    "Merge (blue): voxels of a segment outside its main object (the one holding most of the segment), "
+    "i.e. the minority parts of a segment that merges objects. Purple: both. Main partners are decided "
+    "over each segmentation's whole overlap with the ground truth (ties: the smaller id); ground-truth 0 "
+    "is never an error unless --gt-zero label. Background: the raw image given by --image (same voxel "
+    "size), else neutral grey with the ground truth's outlines in light grey. The picture reads each "
+    "input once more; stdout is unchanged.",
     width=88, break_on_hyphens=False)
 
 HELP = f"""Score SEGMENTATION against GROUND_TRUTH; print one JSON object on stdout.
@@ -87,6 +106,9 @@ non-negative integer); floating-point input is an error except with --threshold 
 the {_either("threshold")} modes.
 
 \b
+{_PLOT}
+
+\b
 Examples:
   em-eval seg.h5:/main gt.h5:/neurons
   em-eval frags.tif labels.tif --voxel-size 30,6,6 | jq .adapted_rand_error
@@ -94,6 +116,8 @@ Examples:
   em-eval clefts.h5:/prob clefts_gt.h5 --mode synapse --threshold 0.5
   em-eval 'seg_*.h5' gt.h5:/neurons --table
   em-eval 'seg_*.h5' gt.h5:/neurons --csv 'objects_{{seg}}.csv' | jq -c '[.segmentation, .voi]'
+  em-eval seg.h5:/main gt.h5:/neurons --plot errors.png --image raw.h5:/image
+  em-eval 'seg_*.h5' gt.h5:/neurons --table --plot sweep.png
 """
 
 
@@ -128,10 +152,15 @@ Examples:
               help="World offset z,y,x in nm of the ground truth (overrides the file's).")
 @click.option("--exact-region", is_flag=True,
               help="Refuse inputs whose regions differ, instead of scoring their overlap.")
+@click.option("--plot", "plot_path", default=None, metavar="FILE.png",
+              help="Also draw the split and merge errors on a few sections (see above).")
+@click.option("--image", "image_spec", default=None, metavar="SPEC",
+              help="The raw image under --plot's errors (default: neutral grey with the ground truth's outlines).")
 @version_option(TOOL)
 @contract(TOOL)
 def main(segmentation, ground_truth, mode, gt_zero, pred_zero, iou_threshold, size_classes, threshold, per_class,
-         distance_nm, csv_path, as_table, voxel_size_nm, seg_offset_nm, gt_offset_nm, exact_region):
+         distance_nm, csv_path, as_table, voxel_size_nm, seg_offset_nm, gt_offset_nm, exact_region, plot_path,
+         image_spec):
     if voxel_size_nm is not None:
         require_positive("--voxel-size", voxel_size_nm)
     settings = EvalSettings(gt_zero=gt_zero, pred_zero=pred_zero, iou_threshold=iou_threshold,
@@ -145,6 +174,7 @@ def main(segmentation, ground_truth, mode, gt_zero, pred_zero, iou_threshold, si
     csv_paths = _csv_paths(csv_path, specs) if csv_path is not None else None
     for path in csv_paths or ():
         io.check_output_path(path)
+    _check_plot(plot_path, image_spec, mode, settings, specs + [ground_truth] + (csv_paths or []), voxel_size_nm)
     results = list(score_many(specs, ground_truth, mode, settings, voxel_size_nm=voxel_size_nm,
                               pred_offset_nm=seg_offset_nm, gt_offset_nm=gt_offset_nm, exact_region=exact_region,
                               objects=csv_path is not None))
@@ -152,9 +182,26 @@ def main(segmentation, ground_truth, mode, gt_zero, pred_zero, iou_threshold, si
         text = summary_table([r.report for r in results], mode, settings, [r.seg_threshold for r in results])
     else:
         text = "\n".join(json.dumps(r.report, allow_nan=False) for r in results)
-    for path, result in zip(csv_paths or (), results):
-        if result.objects is not None:
-            _write_csv(path, result.objects)
+    picture = None
+    if plot_path is not None:  # drawn before anything is written: a failure leaves no output
+        from emtools.pictures import eval_errors_picture
+
+        picture = eval_errors_picture(specs, ground_truth, image_spec, gt_zero=settings.gt_zero,
+                                      voxel_size_nm=voxel_size_nm, seg_offset_nm=seg_offset_nm,
+                                      gt_offset_nm=gt_offset_nm)
+    written = []
+    try:  # the tables and the picture together, or none of them
+        for path, result in zip(csv_paths or (), results):
+            if result.objects is not None:
+                _write_csv(path, result.objects)
+                written.append(path)
+        if picture is not None:
+            io.write_png(plot_path, picture)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        raise
     # messages only after success, so that a failure stays one line on stderr
     for result in results:
         for warning in result.warnings:
@@ -167,6 +214,22 @@ def main(segmentation, ground_truth, mode, gt_zero, pred_zero, iou_threshold, si
 
 
 SEG_FIELD = "{seg}"
+
+
+def _check_plot(plot_path, image_spec, mode, settings, others, voxel_size_nm) -> None:
+    """--plot and --image, checked before any voxel is read (one-line errors)."""
+    if plot_path is None:
+        if image_spec is not None:
+            raise EmError("--image is the background of --plot: give --plot FILE.png too")
+        return
+    if mode not in _PLOT_MODES or get_mode(mode).inputs_for(settings) != "labels":
+        raise EmError(f"--plot draws split/merge errors of label volumes: use --mode {' or '.join(_PLOT_MODES)}")
+    from emtools.pictures import check_picture_path
+
+    check_picture_path(plot_path, "--plot", others + ([image_spec] if image_spec else []))
+    if image_spec is not None:
+        with io.open_volume(image_spec, voxel_size_nm=voxel_size_nm):
+            pass  # a missing or unreadable image fails now, not after the scores
 
 
 def _csv_paths(template: str, specs: list[str]) -> list[str]:

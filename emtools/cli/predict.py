@@ -44,11 +44,11 @@ How:
     patches run in batches (--batch). Without --patch, the patch is the size, at least the
     training input size and accepted by the model's pooling, that computes a block with the
     fewest FLOPs (on large volumes: the largest) among those whose estimated memory fits
-    --memory; the overlap is then 0 along axes where one patch covers the volume, else 0.25
+    --memory; the overlap is then 0 along axes where one patch covers the volume, else 0.125
     (with --patch: 0.5). The choice is logged; pass it as --patch and --overlap to reproduce a
     run elsewhere.
   - Each patch output loses --crop voxels at its border (auto: the model's receptive-field
-    margin, at most 1/8 of the patch; valid: the whole margin) and is blended with its
+    margin, at most 1/8 of the training input size; valid: the whole margin) and is blended with its
     neighbours (--blend gaussian, bump or constant weights). Beyond the volume border the
     input is mirrored, so every voxel is predicted.
   - --tta N runs N of the 16 flips/transposes of each patch, transforms the outputs back
@@ -74,6 +74,7 @@ Examples:
   em-predict model.pt raw.h5:/image -o affs.h5:/affs --heads affinity
   em-predict fibsem-affinity raw.h5:/image -o affs.h5:/affs --heads affinity     # the shipped FIB-SEM model
   em-predict model.pt raw.h5:/image -o 'pred_{head}.h5' --tta 8 --blend bump
+  em-predict model.pt raw.h5:/image -o 'pred_{head}.h5' --preview pred.png
   em-predict model.pt raw.h5 --heads affinity --dtype uint8 -o affs.h5 && em-watershed affs.h5 -o frags.h5
   em-predict model.pt raw.h5 --heads affinity+long_range -o lr.h5 && em-watershed lr.h5 --method mutex -o seg.h5
   em-tile split raw.h5 --chunk 64,512,512 --halo 8,64,64 -o chunks/ \\
@@ -138,11 +139,14 @@ Examples:
 @click.option("--force", is_flag=True, help="Predict even when the voxel size differs from (or lacks) the training one.")
 @click.option("--compression", default="gzip", show_default=True, help="gzip[:LEVEL], lzf (HDF5 only) or none.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs all exist (resume a batch).")
+@click.option("--preview", default=None, metavar="FILE.png",
+              help="Also draw a few z sections of the first INPUT (top row, grey) above its maps, one row per head: "
+                   "one channel grey, several the first three as red, green, blue (affinities z, y, x).")
 @version_option(TOOL)
 @contract(TOOL)
 def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, batch, tta, tta_reduce, head_names,
          channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, onednn, winograd, plain, device,
-         threads, normalization, voxel_size_nm, force, compression, skip_existing):
+         threads, normalization, voxel_size_nm, force, compression, skip_existing, preview):
     io.parse_compression(compression)
     from emtools.predict import autopatch
 
@@ -187,6 +191,7 @@ def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, ba
     outputs = output_specs(output, specs, [s.name for s in model.selection])
     new_folder = _new_folder(output)
     _check_outputs(outputs, specs, checkpoint, new_folder)
+    _check_preview(preview, outputs, specs, checkpoint, new_folder)
     jobs = [_inspect(spec, model, voxel_size_nm, force) for spec in specs]
     if auto:
         label = f"--memory {memory}" if memory is not None else None
@@ -243,6 +248,7 @@ def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, ba
     if len(jobs) == 1 and ranks.distributed:
         _run_sharded_volume(jobs[0], outputs[0], predictor, settings, ranks, skip_existing, where)
         settings.tally.log_summary(flops_per_patch, grid.patch_zyx, len(predictor.variants), dev, where)
+        _draw_preview(preview, specs[0], outputs[0], voxel_size_nm, ranks, skip_existing)
         return
     for index in ranks.mine(range(len(jobs))):
         job, outs = jobs[index], outputs[index]
@@ -254,6 +260,7 @@ def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, ba
         for path in _predict_input(job, outs, predictor, settings, where):
             emit(path)
     settings.tally.log_summary(flops_per_patch, grid.patch_zyx, len(predictor.variants), dev, where)
+    _draw_preview(preview, specs[0], outputs[0], voxel_size_nm, ranks, skip_existing)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -268,6 +275,7 @@ class LoadedModel:
     normalization: dict
     voxel_size_nm: list | None
     patch_zyx: tuple
+    train_zyx: tuple | None  # the training input size (sets the auto crop), when the checkpoint records it
     rf_size: tuple
     rf_lo: tuple
     rf_hi: tuple
@@ -294,6 +302,7 @@ def _load(path, patch_zyx, head_names, channel_ranges, tta_reduce, normalization
         raise EmError(f"{path} records no input normalisation; pass --normalization SCALE,MEAN,STD "
                       "(e.g. 0.00392157,0.5,0.25 for uint8 images)")
     norm = check_normalization(norm)
+    train_zyx = tuple(int(v) for v in extra["input_size_zyx"]) if extra.get("input_size_zyx") else None
     if patch_zyx is None:
         if not extra.get("input_size_zyx"):
             raise EmError(f"{path} records no training input size; pass --patch Z,Y,X")
@@ -304,13 +313,13 @@ def _load(path, patch_zyx, head_names, channel_ranges, tta_reduce, normalization
     from emtools.predict.tta import parse_reduce  # torch: loaded here, never for --help
 
     return LoadedModel(module, spec, heads, selection, parse_reduce(tta_reduce, [s.name for s in selection]),
-                       norm, [float(v) for v in voxel] if voxel else None, tuple(patch_zyx), size, lo, hi,
+                       norm, [float(v) for v in voxel] if voxel else None, tuple(patch_zyx), train_zyx, size, lo, hi,
                        _sha256(path), path)
 
 
 def _grid(model: LoadedModel, crop: str, overlap_spec):
-    return windows.make_grid(model.patch_zyx, windows.resolve_crop(crop, model.patch_zyx, model.rf_lo, model.rf_hi),
-                             overlap_spec)
+    return windows.make_grid(model.patch_zyx, windows.resolve_crop(crop, model.patch_zyx, model.rf_lo, model.rf_hi,
+                                                                   model.train_zyx), overlap_spec)
 
 
 def _choose_patch(model: LoadedModel, jobs: list, crop: str, overlap_spec, block_zyx, batch: int, tta: int,
@@ -424,6 +433,32 @@ def _check_outputs(outputs: list[dict[str, str]], inputs: list[str], checkpoint:
             if os.path.realpath(path) in protected:
                 raise EmError(f"output {spec} is the same file as the input {protected[os.path.realpath(path)]}; "
                               "write somewhere else (inputs are never modified)")
+
+
+def _check_preview(preview, outputs: list[dict[str, str]], inputs: list[str], checkpoint: str,
+                   new_folder: str | None) -> None:
+    """--preview: a .png in a writable folder (or the output folder -o creates), no input or map."""
+    if preview is None:
+        return
+    from emtools.pictures import check_picture_path
+
+    others = [spec for outs in outputs for spec in outs.values()] + list(inputs) + [checkpoint]
+    if new_folder is not None and os.path.dirname(os.path.abspath(preview)) == new_folder:
+        if not preview.lower().endswith(".png"):
+            raise EmError(f"--preview must be a .png file, got {preview}")
+        return  # its folder appears with the maps' (-o FOLDER/ was checked)
+    check_picture_path(preview, "--preview", others)
+
+
+def _draw_preview(preview, image_spec: str, outs: dict[str, str], voxel_size_nm, ranks, skip_existing: bool) -> None:
+    """The first input's sections above its maps (rank 0, once every map of it is written).
+
+    The maps are complete and stay if the picture fails (--skip-existing then only draws it)."""
+    if preview is None or ranks.rank != 0 or (skip_existing and os.path.exists(preview)):
+        return
+    from emtools.pictures import maps_picture
+
+    emit(io.write_png(preview, maps_picture(image_spec, list(outs.values()), voxel_size_nm=voxel_size_nm)))
 
 
 def _warn_context(jobs: list[Job], grid, model: LoadedModel, auto: bool = False) -> None:

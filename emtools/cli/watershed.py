@@ -3,6 +3,8 @@ segments from long-range affinities by the mutex watershed (--method mutex)."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from emtools.cli.common import FLOAT_TRIPLE, INT_TRIPLE, contract, emit, version_option
@@ -51,6 +53,7 @@ Examples:
   em-watershed chunks/chunk_0-72_0-288_0-288.h5 -o frags/chunk_0-72_0-288_0-288.h5
   em-watershed mito_fg.h5 --instance bc --contour mito_contour.h5 -o mito.h5:/instances
   em-watershed lr_affs.h5:/affs --method mutex --min-size 50 -o seg.h5:/segmentation
+  em-watershed affs.h5:/affs -o frags.h5 --preview frags.png
   em-watershed affs9.h5 --method mutex --offsets '[[-1,0,0],[0,-1,0],[0,0,-1],[-3,0,0],[0,-9,0],[0,0,-9]]' -o seg.h5
 """
 
@@ -95,9 +98,13 @@ Examples:
 @click.option("--voxel-size", "voxel_size_nm", type=FLOAT_TRIPLE, default=None, help="Voxel size z,y,x in nm (overrides the file's).")
 @click.option("--compression", default="gzip", show_default=True, help="gzip[:LEVEL], lzf (HDF5 only) or none.")
 @click.option("--skip-existing", is_flag=True, help="Do nothing if OUTPUT exists (resume a batch).")
+@click.option("--preview", default=None, metavar="FILE.png",
+              help="Also draw a few z sections: each label in its own colour (the same id, the same colour, every "
+                   "run) over INPUT in grey (affinities: the mean of the first three channels).")
 @version_option(TOOL)
 @contract(TOOL)
-def main(input_spec, output, voxel_size_nm, compression, skip_existing, contour_spec, distance_spec, offsets, **settings):
+def main(input_spec, output, voxel_size_nm, compression, skip_existing, contour_spec, distance_spec, offsets, preview,
+         **settings):
     # every other option is a field of WatershedSettings, which validates them
     from emtools.segment.jobs import WatershedSettings, watershed_volume
     from emtools.segment.mutex import parse_offsets
@@ -105,9 +112,24 @@ def main(input_spec, output, voxel_size_nm, compression, skip_existing, contour_
     if offsets is not None:
         settings["offsets"] = tuple(tuple(o) for o in parse_offsets(offsets))
 
-    emit(watershed_volume(input_spec, output, WatershedSettings(**settings), contour_spec=contour_spec,
-                          distance_spec=distance_spec, voxel_size_nm=voxel_size_nm, compression=compression,
-                          skip_existing=skip_existing))
+    if preview is not None:  # before any work: a bad path leaves no labels either
+        from emtools.pictures import check_picture_path
+
+        check_picture_path(preview, "--preview", [output, input_spec, contour_spec, distance_spec])
+    from emtools.io import output_file
+
+    existed = skip_existing and os.path.exists(output_file(output))
+    path = watershed_volume(input_spec, output, WatershedSettings(**settings), contour_spec=contour_spec,
+                            distance_spec=distance_spec, voxel_size_nm=voxel_size_nm, compression=compression,
+                            skip_existing=skip_existing)
+    if preview is not None and not (skip_existing and os.path.exists(preview)):
+        from emtools.pictures import labels_picture, write_picture
+
+        write_picture(preview, lambda: labels_picture([output], input_spec, voxel_size_nm=voxel_size_nm),
+                      written=[] if existed else [output])
+    emit(path)
+    if preview is not None:
+        emit(preview)
 
 
 if __name__ == "__main__":

@@ -70,14 +70,18 @@ def stride_for(kept_zyx: Sequence[int], overlap: tuple[str, tuple]) -> Triple:
     return tuple(stride)  # type: ignore[return-value]
 
 
-def resolve_crop(text: str, patch_zyx: Sequence[int], rf_lo: Sequence[int], rf_hi: Sequence[int]) -> tuple[Triple, Triple]:
+def resolve_crop(text: str, patch_zyx: Sequence[int], rf_lo: Sequence[int], rf_hi: Sequence[int],
+                 train_zyx: Sequence[int] | None = None) -> tuple[Triple, Triple]:
     """The crop (margin below, margin above) of every patch output, per axis.
 
     ``valid``: the receptive-field margins, so no output voxel kept ever saw the zero padding at a
-    patch border; ``auto``: the same, but at most 1/8 of the patch per side (the receptive field
-    of a deep U-Net is wider than any patch); ``Z,Y,X`` or one number: that many voxels per side.
+    patch border; ``auto``: the same, but at most 1/8 of the patch, or of the training input size
+    ``train_zyx`` when that is smaller, per side (the receptive field of a deep U-Net is wider
+    than any patch; the zero padding disturbs a band whose width is set by the network, not by the
+    patch, and a model trained on crops of ``train_zyx`` learnt to predict up to their borders, so
+    a larger patch need not cut more); ``Z,Y,X`` or one number: that many voxels per side.
     """
-    lo, hi = crop_margins(text, patch_zyx, rf_lo, rf_hi)
+    lo, hi = crop_margins(text, patch_zyx, rf_lo, rf_hi, train_zyx)
     for axis, p, a, b in zip(AXES, patch_zyx, lo, hi):
         if p - a - b < 1:
             raise EmError(f"--crop {str(text).strip().lower()} removes {a}+{b} voxels of the {p}-voxel patch along "
@@ -86,14 +90,16 @@ def resolve_crop(text: str, patch_zyx: Sequence[int], rf_lo: Sequence[int], rf_h
     return lo, hi
 
 
-def crop_margins(text: str, patch_zyx: Sequence[int], rf_lo: Sequence[int], rf_hi: Sequence[int]) -> tuple[Triple, Triple]:
+def crop_margins(text: str, patch_zyx: Sequence[int], rf_lo: Sequence[int], rf_hi: Sequence[int],
+                 train_zyx: Sequence[int] | None = None) -> tuple[Triple, Triple]:
     """:func:`resolve_crop` without the check that something is left (the patch search tries sizes)."""
     text = str(text).strip().lower()
     if text == "valid":
         lo, hi = tuple(rf_lo), tuple(rf_hi)
     elif text == "auto":
-        lo = tuple(min(m, p // 8) for m, p in zip(rf_lo, patch_zyx))
-        hi = tuple(min(m, p // 8) for m, p in zip(rf_hi, patch_zyx))
+        sizes = patch_zyx if train_zyx is None else [min(p, t) for p, t in zip(patch_zyx, train_zyx)]
+        lo = tuple(min(m, s // 8) for m, s in zip(rf_lo, sizes))
+        hi = tuple(min(m, s // 8) for m, s in zip(rf_hi, sizes))
     else:
         parts = [p.strip() for p in text.split(",")]
         try:
