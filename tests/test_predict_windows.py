@@ -9,6 +9,7 @@ from emtools.errors import EmError
 from emtools.predict.windows import (
     PatchGrid,
     exact_halo,
+    fit_block,
     make_grid,
     parse_overlap,
     plan_blocks,
@@ -150,7 +151,7 @@ def test_blocks_partition_the_target_on_the_grid():
     grid = make_grid((4, 12, 12), ((1, 2, 2), (1, 2, 2)), ("fraction", (0.5,) * 3), anchor_zyx=(0, 5, 5))
     assert grid.stride_zyx == (1, 4, 4)
     target = Box((3, 8, 5), (17, 60, 40))
-    blocks = plan_blocks(target, (6, 15, 100), grid)  # rounded up to 6, 16, 100 voxels
+    blocks = plan_blocks(target, (6, 15, 35), grid)  # rounded up to 6, 16, 36 voxels
     covered = np.zeros(target.shape, int)
     for block in blocks:
         covered[target.local(block)] += 1
@@ -159,6 +160,12 @@ def test_blocks_partition_the_target_on_the_grid():
     assert {b.begin[0] for b in blocks} == {3, 6, 12} and {b.begin[2] for b in blocks} == {5}
     assert [b.begin for b in blocks] == sorted(b.begin for b in blocks)  # z-major
     assert plan_blocks(target, (64, 1024, 1024), grid) == [target]
+    # a block wider in x than the target gives its spare voxels to z: (6, 15, 100) is (17, 15, 100) here
+    assert fit_block((6, 15, 100), target.shape) == (17, 15, 100)
+    assert {b.begin[0] for b in plan_blocks(target, (6, 15, 100), grid)} == {3}
+    assert {b.begin[0] for b in plan_blocks(target, (6, 15, 100), grid, fit=False)} == {3, 6, 12}
+    assert fit_block((64, 1024, 1024), (100, 250, 250)) == (1073, 1024, 1024)
+    assert fit_block((64, 1024, 1024), (500, 4000, 4000)) == (64, 1024, 1024)
     # A block of n whole strides needs n + K/S - 1 patches per axis (here K/S = 2).
     inner = Box((0, 21, 5), (1, 37, 40))
     assert len(grid._indices(1, inner.begin[1], inner.end[1])) == 16 // 4 + 2 - 1

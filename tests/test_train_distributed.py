@@ -48,8 +48,9 @@ def test_two_gloo_ranks_step_like_one_process_on_both_samples(tmp_path):
     batches = []
     for rank in (0, 1):
         sampler = PatchSampler(volumes, config["data"]["patch_zyx"], heads, norm, config["data"]["augment"],
-                               config["seed"], rank, 0.0, 1)
-        batches.append({k: torch.from_numpy(v)[None] for k, v in sampler.sample(0).items()})
+                               config["seed"], 0.0, 1)
+        # step 1 of rank r (batch 1 on 2 ranks) is global sample r (emtools.train.sampling)
+        batches.append({k: torch.from_numpy(v)[None] for k, v in sampler.sample(rank).items()})
     assert not torch.equal(batches[0]["image"], batches[1]["image"])  # each rank its own crop
     losses = [total_loss(heads, split_heads(spec, model(b["image"])), b)[0] for b in batches]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)

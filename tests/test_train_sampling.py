@@ -1,4 +1,5 @@
-"""Training samples: determinism, per-rank streams, rejection sampling, targets, masks, pseudo-labels."""
+"""Training samples: determinism, ranks sharing one global batch, rejection sampling, targets, masks,
+pseudo-labels."""
 
 import itertools
 
@@ -40,11 +41,11 @@ def volume(labels=None, val_box=None, mask=None, probabilities=None, shape=(6, 3
     return Volume("v", image, labels, mask, probabilities, None, 0.8, (40.0, 4.0, 4.0), val_box)
 
 
-def sampler(volumes, heads=(AFFINITY,), rank=0, seed=0, steps=(), min_foreground=0.0, tries=20, patch=(2, 8, 8)):
-    return PatchSampler(volumes, patch, list(heads), NORM, steps, seed, rank, min_foreground, tries)
+def sampler(volumes, heads=(AFFINITY,), seed=0, steps=(), min_foreground=0.0, tries=20, patch=(2, 8, 8)):
+    return PatchSampler(volumes, patch, list(heads), NORM, steps, seed, min_foreground, tries)
 
 
-def test_a_sample_is_a_pure_function_of_seed_rank_and_index():
+def test_a_sample_is_a_pure_function_of_seed_and_index():
     s = sampler([volume()], steps=[["flip", {"p": 0.5}], ["grayscale", {"p": 0.5}]])
     forward = [s.sample(i) for i in range(4)]
     backward = [s.sample(i) for i in reversed(range(4))][::-1]
@@ -54,11 +55,18 @@ def test_a_sample_is_a_pure_function_of_seed_rank_and_index():
     assert any(s.choose(i) != other_seed.choose(i) for i in range(4))
 
 
-def test_ranks_draw_different_streams_from_the_same_seed():
-    v = volume()
-    crops = {rank: [sampler([v], rank=rank).choose(i)[1] for i in range(8)] for rank in range(3)}
-    assert crops[0] != crops[1] and crops[1] != crops[2] and crops[0] != crops[2]
-    assert crops[0] == [sampler([v], rank=0).choose(i)[1] for i in range(8)]
+def test_ranks_split_the_global_batch_of_one_process():
+    """Steps 2..3 on 2 ranks of batch 2 hold the samples of one process of batch 4 (rank 0 first)."""
+    s = sampler([volume()], steps=[["flip", {}]])
+    one = list(make_loader(s, 4, 2, 3, num_workers=0))
+    ranks = [list(make_loader(s, 2, 2, 3, num_workers=0, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 2
+    for step, batch in enumerate(one):
+        for key in batch:
+            assert torch.equal(batch[key], torch.cat([ranks[0][step][key], ranks[1][step][key]]))
+    # Step 2 of rank 1 holds global samples 6 and 7; the ranks draw different crops.
+    assert torch.equal(ranks[1][0]["image"][1], torch.from_numpy(s.sample(7)["image"]))
+    assert not torch.equal(ranks[0][0]["image"], ranks[1][0]["image"])
 
 
 def test_crops_never_overlap_the_held_out_region():

@@ -46,9 +46,11 @@ state: --resume continues exactly where last.pt stopped (same weights as a run n
 stopped, on CPU in deterministic mode). A NaN/Inf loss stops the run with exit 1, keeping
 the checkpoints written before it.
 
-Under torchrun every rank samples its own crops from the same seed, gradients are averaged
-(DDP: gloo on CPU, NCCL on cuda:LOCAL_RANK) and only rank 0 writes; optim.lr_scaling=linear
-or sqrt scales the rate with the number of workers (use warm-up).
+Under torchrun (one node or several) the ranks split one global batch of data.batch_size x
+WORLD_SIZE crops (the crops one process with that batch would draw), gradients are averaged
+(DDP: gloo on CPU, NCCL on cuda:LOCAL_RANK) and only global rank 0 writes (RUN_DIR on a
+shared file system for several nodes); optim.lr_scaling=linear or sqrt scales the rate with
+the number of workers (use warm-up).
 
 \b
 Examples:
@@ -58,6 +60,8 @@ Examples:
   em-train -o runs/isbi --resume train.steps=20000
   em-train --init fibsem-affinity --config examples/fibsem_finetune.yaml -o runs/mine
   torchrun --nproc-per-node=4 -m emtools.cli.train --config c.yaml optim.lr_scaling=linear -o run
+  torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=$HOST:29400 \\
+      --rdzv-id=run1 -m emtools.cli.train --config c.yaml -o run     # on each of the 2 nodes
 """
 
 

@@ -267,11 +267,12 @@ def choose_for_inputs(module, spec, train_zyx: Sequence[int], rf: tuple[Sequence
     below and above; ``crop``: as --crop; ``budget_bytes`` None: :func:`default_budget`.
     """
     from emtools.models.geometry import total_downsampling
-    from emtools.predict.windows import crop_margins
+    from emtools.predict.windows import crop_margins, fit_block
 
-    extent = tuple(max(min(b, v[a]) for v in volume_shapes) for a, b in enumerate(block_zyx))
-    block_extent = tuple(max(min(b, f[a]) for f in file_shapes) for a, b in enumerate(block_zyx))
     volume = tuple(max(v[a] for v in volume_shapes) for a in range(3))
+    largest_file = tuple(max(f[a] for f in file_shapes) for a in range(3))
+    extent = tuple(min(b, v) for b, v in zip(fit_block(block_zyx, volume), volume))
+    block_extent = tuple(min(b, f) for b, f in zip(fit_block(block_zyx, largest_file), largest_file))
     factor = total_downsampling(spec)
     memory = memory_model(module, spec.in_channels, factor, kept_channels)
 

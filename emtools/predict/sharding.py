@@ -6,6 +6,12 @@ ever write the same file, and every rank knows who owns what without talking to 
 For one big volume, the ranks send their finished blocks to rank 0, which alone writes the
 output (:class:`Group`: a gloo process group, CPU tensors, on GPU nodes too, since the blocks
 travel through host memory to the writer anyway).
+
+On several nodes (``torchrun --nnodes N``) ranks are global: rank 0 of the whole job, on
+whichever node the rendezvous puts it, writes a single volume; with several inputs each rank
+writes its own files, so the output folder should be one shared file system path on every node
+(otherwise each node's folder holds only the files of its own ranks). Every node reads the
+checkpoint and the inputs at the same paths.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -166,14 +167,26 @@ class PatchGrid:
                 f"{_triple_text(self.crop_hi_zyx)}, kept {_triple_text(self.kept_zyx)}, stride {_triple_text(self.stride_zyx)}")
 
 
-def plan_blocks(target: Box, block_zyx: Sequence[int], grid: PatchGrid) -> list[Box]:
+def fit_block(block_zyx: Sequence[int], shape_zyx: Sequence[int]) -> Triple:
+    """The block for a target of ``shape_zyx``: where the target is narrower in y or x than the
+    block, the voxels the block cannot use there go to z, so the voxel count (the memory bound)
+    stays and a thin volume (e.g. 100x250x250 under 64,1024,1024) is one block, not two with the
+    patches at their border computed twice."""
+    used_yx = min(block_zyx[1], shape_zyx[1]) * min(block_zyx[2], shape_zyx[2])
+    return max(int(block_zyx[0]), math.prod(block_zyx) // used_yx), int(block_zyx[1]), int(block_zyx[2])
+
+
+def plan_blocks(target: Box, block_zyx: Sequence[int], grid: PatchGrid, fit: bool = True) -> list[Box]:
     """Cut ``target`` into blocks (z-major) that are predicted one at a time.
 
-    Block sizes are rounded up to whole strides and block borders fall on the grid (anchor plus
-    whole blocks), where a patch's kept part begins: then a block of n strides needs n + K/S - 1
-    patches per axis (K kept, S stride), the fewest possible. Patches that reach into two blocks
-    are computed for each: a share of about S / block per axis, which larger blocks make small.
+    The block is first fitted to the target (:func:`fit_block`) unless ``fit`` is False. Block sizes are rounded up to
+    whole strides and block borders fall on the grid (anchor plus whole blocks), where a patch's
+    kept part begins: then a block of n strides needs n + K/S - 1 patches per axis (K kept, S
+    stride), the fewest possible. Patches that reach into two blocks are computed for each: a
+    share of about S / block per axis, which larger blocks make small.
     """
+    if fit:
+        block_zyx = fit_block(block_zyx, target.shape)
     cuts = []
     for axis in range(3):
         step = -(-int(block_zyx[axis]) // grid.stride_zyx[axis]) * grid.stride_zyx[axis]

@@ -7,7 +7,15 @@ writes checkpoints, metrics and plots.
 
     torchrun --nproc-per-node=4 -m emtools.cli.train --config c.yaml -o run/
     torchrun --nnodes=2 --node-rank=$N --rdzv-endpoint=$HOST:29400 --nproc-per-node=8 \\
-        -m emtools.cli.train --config c.yaml -o run/
+        -m emtools.cli.train --config c.yaml -o run/         # static rendezvous: rank 0 on node 0
+    torchrun --nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=$HOST:29400 --rdzv-id=$JOB \\
+        --nproc-per-node=8 -m emtools.cli.train --config c.yaml -o run/   # c10d: rank 0 on any node
+
+``RANK`` is global across the nodes (rank 0 of the whole job writes; ``LOCAL_RANK`` only picks
+the GPU), and the ranks split one global batch of ``data.batch_size x WORLD_SIZE`` samples
+(:mod:`emtools.train.sampling`). On several nodes every node reads the data at the same paths,
+and the run folder belongs on a shared file system: rank 0 may be on any node, and ``--resume``
+reads ``last.pt`` on every rank.
 """
 
 from __future__ import annotations

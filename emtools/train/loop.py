@@ -246,7 +246,7 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
                         "the original would have", env.world_size, saved_world)
         start, best, resumed_val = int(training["step"]), training.get("best"), training.get("validation")
     net = dist.wrap_model(model, env, device, bool(tcfg["sync_batchnorm"]))
-    sampler = PatchSampler(prepared.volumes, dcfg["patch_zyx"], heads, norm, dcfg["augment"], seed, env.rank,
+    sampler = PatchSampler(prepared.volumes, dcfg["patch_zyx"], heads, norm, dcfg["augment"], seed,
                            prepared.min_foreground, dcfg["foreground_tries"])
     validating = int(vcfg["every"]) > 0
     regions = validation_regions(prepared.volumes, heads, norm) if validating and env.is_main else []
@@ -272,7 +272,8 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
             "step": step, "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": dist.gather_objects(st.rng_state(device), env),
-            "sampler": {"next_index": step * batch_size, "world_size": env.world_size, "batch_size": batch_size},
+            "sampler": {"next_index": step * batch_size * env.world_size, "world_size": env.world_size,
+                        "batch_size": batch_size},  # next_index: global (emtools.train.sampling)
             "config": json.loads(json.dumps(config)), "best": best, "validation": last_val,
         }
         if env.is_main:
@@ -300,7 +301,7 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
         paused += time.perf_counter() - began
 
     net.train()
-    loader = make_loader(sampler, batch_size, start + 1, steps, int(dcfg["num_workers"]))
+    loader = make_loader(sampler, batch_size, start + 1, steps, int(dcfg["num_workers"]), env.rank, env.world_size)
     window_start, window_steps = time.perf_counter(), 0
     sums = np.zeros(len(heads) + 1)
     budget_s = float(tcfg["minutes"]) * 60.0 if tcfg["minutes"] is not None else None

@@ -1,11 +1,20 @@
 """Training samples: random crops, rejection sampling, augmentation, targets and their weights.
 
-Every sample is a pure function of ``(seed, rank, index)``: its random numbers come from
-``numpy.random.default_rng([seed, rank, index])``, so
+Every sample is a pure function of ``(seed, index)``: its random numbers come from
+``numpy.random.default_rng([seed, 0, index, stream])``. ``index`` is global: on ``W`` ranks of
+``B`` samples each, step ``s`` (1-based) of rank ``r`` takes samples ``(s-1)*B*W + r*B + j``,
+``j < B`` (:func:`make_loader`), so
 
-- each rank draws different crops from the same seed (its own stream),
-- a sample does not depend on which DataLoader worker makes it, nor on ``num_workers``,
-- resuming at step ``s`` only needs the next index (``s * batch_size``): exact resume.
+- the ranks split one global batch of ``B*W`` samples: each draws different crops from the same
+  seed, and ``W`` ranks (on one node or several) see the very samples of one process with
+  ``data.batch_size = B*W`` (their averaged gradients then equal its gradient up to float
+  rounding wherever every sample's loss weights sum the same, e.g. bce or mse heads without
+  masks or class balancing; with ``optim.lr_scaling=none``),
+- a sample does not depend on which rank or DataLoader worker makes it, nor on ``num_workers``,
+- resuming at step ``s`` only needs the next index (``s * B * W``): exact resume.
+
+(The ``0`` in the key held the rank before indices were global; it stays so that the samples of
+a single process, and so runs started earlier, are unchanged.)
 
 One sample::
 
@@ -177,23 +186,23 @@ def pseudo_head_for(heads: Sequence[HeadTarget], volume: Volume) -> HeadTarget:
 
 # ----------------------------------------------------------------------------- sampling
 
-def sample_rng(seed: int, rank: int, index: int, stream: int = 0) -> np.random.Generator:
-    """The generator of sample ``index`` of ``rank`` (``stream`` 1 is its augmentation)."""
-    return np.random.default_rng([int(seed), int(rank), int(index), int(stream)])
+def sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator of (global) sample ``index`` (``stream`` 1 is its augmentation)."""
+    return np.random.default_rng([int(seed), 0, int(index), int(stream)])
 
 
 class PatchSampler:
-    """Makes training sample ``index`` of one rank (see the module docstring)."""
+    """Makes training sample ``index``, the same on every rank (see the module docstring)."""
 
     def __init__(self, volumes: Sequence[Volume], patch_zyx: Sequence[int], heads: Sequence[HeadTarget],
-                 normalization: Mapping[str, float], augment_steps: Sequence = (), seed: int = 0, rank: int = 0,
+                 normalization: Mapping[str, float], augment_steps: Sequence = (), seed: int = 0,
                  min_foreground: float = 0.0, tries: int = 20):
         self.volumes = [v for v in volumes if not v.validation_only]
         self.patch_zyx = tuple(int(p) for p in patch_zyx)
         self.heads = list(heads)
         self.norm = {**normalization, "scale": 1.0}  # images are scaled to [0, 1] before augmentation
         self.steps = [(name, dict(params)) for name, params in augment_steps]
-        self.seed, self.rank = int(seed), int(rank)
+        self.seed = int(seed)
         self.min_foreground, self.tries = float(min_foreground), int(tries)
         self.sparse = any(h.kind in FOREGROUND_KINDS for h in self.heads) and self.min_foreground > 0
         self.starts = [crop_start_boxes(v.shape_zyx, self.patch_zyx, v.val_box) for v in self.volumes]
@@ -220,7 +229,7 @@ class PatchSampler:
 
     def choose(self, index: int) -> tuple[int, Box]:
         """The volume and crop of sample ``index`` (after rejection sampling)."""
-        rng = sample_rng(self.seed, self.rank, index)
+        rng = sample_rng(self.seed, index)
         which = int(rng.choice(len(self.volumes), p=self.volume_p))
         volume = self.volumes[which]
         crop = self._crop(rng, which)
@@ -255,7 +264,7 @@ class PatchSampler:
         if self.steps:
             from emtools import augment
 
-            image, layers = augment.augment(image, layers, self.steps, sample_rng(self.seed, self.rank, index, 1))
+            image, layers = augment.augment(image, layers, self.steps, sample_rng(self.seed, index, 1))
         if volume.labels is not None:
             targets = build_head_targets(self.heads, layers["labels"], layers["mask"], volume.voxel_size_nm)
         else:
@@ -310,9 +319,13 @@ class PatchDataset(torch.utils.data.Dataset):
         return {k: torch.from_numpy(v) for k, v in self.sampler.sample(int(index)).items()}
 
 
-def make_loader(sampler: PatchSampler, batch_size: int, first_step: int, last_step: int, num_workers: int):
-    """Batches for steps ``first_step..last_step`` (1-based): step s gets samples ``(s-1)B .. sB-1``."""
-    indices = range((first_step - 1) * batch_size, last_step * batch_size)
+def make_loader(sampler: PatchSampler, batch_size: int, first_step: int, last_step: int, num_workers: int,
+                rank: int = 0, world_size: int = 1):
+    """Rank ``rank``'s batches for steps ``first_step..last_step`` (1-based): with ``B = batch_size``
+    and ``W = world_size``, step s gets the global samples ``(s-1)BW + rB .. (s-1)BW + rB + B-1``."""
+    group = batch_size * world_size
+    indices = [(s - 1) * group + rank * batch_size + j for s in range(first_step, last_step + 1)
+               for j in range(batch_size)]
     return torch.utils.data.DataLoader(
         PatchDataset(sampler), batch_size=batch_size, sampler=indices, num_workers=num_workers,
-        worker_init_fn=_WorkerInit(sampler.seed, sampler.rank) if num_workers else None, drop_last=False)
+        worker_init_fn=_WorkerInit(sampler.seed, rank) if num_workers else None, drop_last=False)

@@ -13,7 +13,7 @@ Files in the run folder (only rank 0 writes; every write is atomic)::
     last.pt     the newest checkpoint (a hard link to the newest step_N.pt, or its own file)
     best.pt     weights of the best validation metric (no training state)
 
-Samples are a function of (seed, rank, index) (:mod:`emtools.train.sampling`), so with the
+Samples are a function of (seed, global index) (:mod:`emtools.train.sampling`), so with the
 optimizer, schedule and RNG states restored, a resumed run computes the same steps as one that
 was never stopped.
 """
