@@ -177,7 +177,7 @@ def _bad_inputs(tmp_path, stack):
         ([raw, "--aug", "flip", "-o", str(tmp_path / "raw.h5:/again"), "--seed", 0], "is also an input"),
         ([raw, "--aug", "flip", *out, "--repeat", 2], "--repeat 2 needs {i} in -o"),
         ([raw, "--aug", "flip", *out, "--preview", tmp_path / "p.jpg"], "--preview must be a .png file"),
-        ([raw, "--aug", "flip", "-o", tmp_path / "out.zarr", "--seed", 0], "output must be file.h5"),
+        ([raw, "--aug", "flip", "-o", tmp_path / "out.n5", "--seed", 0], "output must be file.h5"),
     ]
 
 

@@ -207,8 +207,8 @@ def test_bad_output_paths(tmp_path, volume):
     assert_one_line_error(result, "tile", "output folder does not exist")
     result = run_tool("tile", "split", spec, "--chunk", "10,40,50", "-o", tmp_path / "no" / "such")
     assert_one_line_error(result, "tile", "output folder's parent does not exist")
-    result = run_tool("tile", "merge", chunk, "-o", tmp_path / "m.zarr")
-    assert_one_line_error(result, "tile", "output must be file.h5[:/dataset] or file.tif")
+    result = run_tool("tile", "merge", chunk, "-o", tmp_path / "m.n5")
+    assert_one_line_error(result, "tile", "output must be file.h5[:/dataset], store.zarr[/array] or file.tif")
     result = run_tool("tile", "merge", chunk, "-o", chunk)
     assert_one_line_error(result, "tile", "would replace the input file")
     # a folder nobody may write: permission bits as a normal user, /proc as root

@@ -157,6 +157,25 @@ def test_slice_folder_of_16_bit_png(tmp_path):
     assert data.dtype == np.uint16 and data.shape == (2, 8, 9)
 
 
+def test_slice_folder_mixing_1_bit_and_8_bit_png_reads_as_uint8(tmp_path):
+    # as the Drosophila VNC masks are published: most slices 8-bit 0/255, a few 1-bit
+    (tmp_path / "m").mkdir()
+    mask = np.zeros((4, 5), bool)
+    mask[1:3, 2:4] = True
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "m" / "0.png")
+    Image.fromarray(mask).save(tmp_path / "m" / "1.png")
+    assert Image.open(tmp_path / "m" / "1.png").mode == "1"
+    data, _ = io.read_volume(str(tmp_path / "m"))
+    assert data.dtype == np.uint8
+    np.testing.assert_array_equal(data, np.stack([mask, mask]).astype(np.uint8) * 255)
+    (tmp_path / "b").mkdir()
+    Image.fromarray(mask).save(tmp_path / "b" / "0.png")
+    assert io.read_volume(str(tmp_path / "b"))[0].dtype == bool  # an all-1-bit stack stays bool
+    Image.fromarray(np.zeros((4, 5), np.uint16)).save(tmp_path / "b" / "1.png")
+    with pytest.raises(EmError, match="slice sizes differ: 0.png is 4x5 bool but .*1.png is 4x5 uint16"):
+        io.open_volume(str(tmp_path / "b"))
+
+
 def test_slice_folder_errors(tmp_path):
     _write_slices(tmp_path / "s", ["0.png", "1.png"])
     Image.fromarray(np.zeros((5, 9), np.uint8)).save(tmp_path / "s" / "2.png")
@@ -226,7 +245,7 @@ def test_output_path_checks(tmp_path):
     with pytest.raises(EmError, match="not a folder"):
         io.write_volume(str(tmp_path / "file" / "x.h5"), np.zeros((1, 1, 1), np.uint8), Metadata())
     with pytest.raises(EmError, match="output must be"):
-        io.write_volume(str(tmp_path / "x.zarr"), np.zeros((1, 1, 1), np.uint8), Metadata())
+        io.write_volume(str(tmp_path / "x.n5"), np.zeros((1, 1, 1), np.uint8), Metadata())
     with pytest.raises(EmError, match="empty volume"):
         io.write_volume(str(tmp_path / "x.h5"), np.zeros((0, 1, 1), np.uint8), Metadata())
     assert sorted(os.listdir(tmp_path)) == ["file"]

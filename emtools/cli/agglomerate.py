@@ -40,6 +40,11 @@ def main():
       em-agglomerate stitch edges/*.tsv --offsets offsets.tsv -t 0.3,0.5 -o lut.tsv
       em-agglomerate relabel frags/C.h5 --offsets offsets.tsv --lut lut.tsv -t 0.5 -o seg/C.h5
       em-tile merge seg/*.h5 -o seg.h5:/seg
+
+    \b
+    Or the last two steps into one zarr array, all chunks at once, no merge:
+      em-tile create seg.zarr/seg --like affs.h5:/affs --dtype uint64 --chunk 64,512,512
+      em-agglomerate relabel frags/C.h5 --offsets offsets.tsv --lut lut.tsv -t 0.5 --into seg.zarr/seg
     """
 
 
@@ -233,22 +238,36 @@ def stitch(edge_tables, offsets_path, thresholds_text, output):
 @click.option("--offsets", "offsets_path", required=True, help="Offsets table from em-agglomerate offsets.")
 @click.option("--lut", "lut_path", required=True, help="Look-up table from em-agglomerate stitch.")
 @click.option("-t", "--threshold", type=float, required=True, help="One of the look-up table's thresholds.")
-@click.option("-o", "--output", required=True, help="Output segmentation chunk.")
+@click.option("-o", "--output", default=None, help="Output segmentation chunk.")
+@click.option("--into", "into", default=None, metavar="ARRAY",
+              help="Instead of -o: write the chunk's region into this existing zarr array (from em-tile create).")
+@click.option("--skip-existing", is_flag=True, help="Do nothing if the output exists (--into: the region is done).")
 @_compression_option
 @_preview_option("neutral grey")
 @contract(TOOL)
-def relabel(fragments_spec, offsets_path, lut_path, threshold, output, compression, preview):
+def relabel(fragments_spec, offsets_path, lut_path, threshold, output, into, skip_existing, compression, preview):
     """Relabel one fragment chunk through the stitched look-up table at --threshold.
 
-    The output keeps the chunk's region, so em-tile merge assembles the volume.
+    The output keeps the chunk's region, so em-tile merge assembles the volume; or --into
+    writes the region straight into one zarr array (em-tile create ... --dtype uint64 with the
+    split's --chunk) that all chunks share, with no merge.
 
     \b
     Examples:
       em-agglomerate relabel frags/C.h5 --offsets offsets.tsv --lut lut.tsv -t 0.5 -o seg/C.h5
       em-agglomerate relabel frags/C.h5 --offsets offsets.tsv --lut lut.tsv -t 0.5 -o seg/C.h5 --preview C.png
+      em-agglomerate relabel frags/C.h5 --offsets offsets.tsv --lut lut.tsv -t 0.5 --into seg.zarr/seg --skip-existing
     """
+    from emtools import io
     from emtools.segment.chunked import relabel_chunk
 
+    if (output is None) == (into is None):
+        raise click.UsageError("give -o OUTPUT or --into ARRAY (one of them)")
+    if into is not None:
+        output = io.into_chunk(into, fragments_spec)
+    if skip_existing and io.output_exists(output):
+        emit(io.output_file(output))
+        return
     _check_preview(preview, output, fragments_spec, offsets_path, lut_path)
     path = relabel_chunk(fragments_spec, offsets_path, lut_path, threshold, output, compression=compression)
     _draw_preview(preview, output, [path], [path])

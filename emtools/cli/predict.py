@@ -69,6 +69,13 @@ writes. The input's voxel size must match the training voxel size (--force overr
 -o is a template: {name} (the input file name without suffix) is needed for several inputs,
 {head} for several heads; a folder means FOLDER/{name}_{head}.h5. Paths written go to stdout.
 
+--into ARRAY (instead of -o; {head} for several heads) predicts only the region each chunk is
+responsible for and writes it straight into one zarr array per head that `em-tile create` made
+(--dtype and --channels as the head's map, store chunks = the split's --chunk): many chunks and
+workers at once, no merge: the volume is `em-tile merge --blend none` of the chunk maps (bit for
+bit with --batch 1; batches group a region's patches differently than its chunk's, so floats
+may differ in the last bits).
+
 \b
 Examples:
   em-predict model.pt raw.h5:/image -o affs.h5:/affs --heads affinity
@@ -80,14 +87,19 @@ Examples:
   em-tile split raw.h5 --chunk 64,512,512 --halo 8,64,64 -o chunks/ \\
     | em-predict model.pt - -o pred/ --skip-existing
   torchrun --standalone --nproc-per-node=4 -m emtools.cli.predict model.pt chunks/*.h5 -o pred/
+  em-predict model.pt 'raw.zarr/raw[0:64,0:512,0:512]+8,64,64' --heads affinity --dtype uint8 \\
+    --into affs.zarr/affs --skip-existing
 """
 
 
 @click.command(help=HELP)
 @click.argument("checkpoint")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
-@click.option("-o", "--output", required=True,
-              help="Output template: file.h5[:/dataset] or file.tif with {name}/{head}, or a folder.")
+@click.option("-o", "--output", default=None,
+              help="Output template: file.h5[:/dataset], store.zarr/array or file.tif with {name}/{head}, or a folder.")
+@click.option("--into", "into", default=None, metavar="ARRAY",
+              help="Instead of -o: write each input's responsible region into this existing zarr array "
+                   "(from em-tile create); {head} for several heads.")
 @click.option("--patch", "patch_zyx", type=INT_TRIPLE, default=None,
               help="Patch size z,y,x (default: chosen for speed within --memory, see above).")
 @click.option("--memory", default=None, metavar="SIZE",
@@ -112,7 +124,8 @@ Examples:
 @click.option("--dtype", type=click.Choice(OUTPUT_DTYPES), default="float32", show_default=True,
               help="Output type; uint8 maps the head's value range to 0..255.")
 @click.option("--block", "block_zyx", type=INT_TRIPLE, default="64,1024,1024", show_default=True,
-              help="Predict and write this many voxels z,y,x at a time (bounds memory).")
+              help="Predict and write this many voxels z,y,x at a time (bounds memory); a volume narrower in y or x "
+                   "gets the voxels left over in z (100x250x250 is one block).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Autocast precision (bf16/fp16 on GPUs; bf16 on CPUs with bf16 units such as AMX, "
                    "emulated and very slow on others).")
@@ -144,9 +157,11 @@ Examples:
                    "one channel grey, several the first three as red, green, blue (affinities z, y, x).")
 @version_option(TOOL)
 @contract(TOOL)
-def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, batch, tta, tta_reduce, head_names,
+def main(checkpoint, inputs, output, into, patch_zyx, memory, overlap, crop, blend, batch, tta, tta_reduce, head_names,
          channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, onednn, winograd, plain, device,
          threads, normalization, voxel_size_nm, force, compression, skip_existing, preview):
+    if (output is None) == (into is None):
+        raise click.UsageError("give -o OUTPUT or --into ARRAY (one of them)")
     io.parse_compression(compression)
     from emtools.predict import autopatch
 
@@ -188,7 +203,11 @@ def main(checkpoint, inputs, output, patch_zyx, memory, overlap, crop, blend, ba
         windows.crop_margins(crop, model.patch_zyx, model.rf_lo, model.rf_hi)  # checks the text before the inputs
     else:  # an explicit patch is checked before the inputs, as it always was
         grid = _grid(model, crop, overlap_spec)
-    outputs = output_specs(output, specs, [s.name for s in model.selection])
+    if into is not None:  # each input's responsible region, in the existing arrays (checked now)
+        outputs = _into_outputs(into, specs, [s.name for s in model.selection], voxel_size_nm)
+        output = ""
+    else:
+        outputs = output_specs(output, specs, [s.name for s in model.selection])
     new_folder = _new_folder(output)
     _check_outputs(outputs, specs, checkpoint, new_folder)
     _check_preview(preview, outputs, specs, checkpoint, new_folder)
@@ -489,7 +508,28 @@ def _warn_context(jobs: list[Job], grid, model: LoadedModel, auto: bool = False)
             return
 
 
+def _into_outputs(into: str, specs: list[str], heads: list[str], voxel_size_nm) -> list[dict[str, str]]:
+    """--into: per input, per head, the output spec of the input's region in the head's array."""
+    if len(heads) > 1 and "{head}" not in into:
+        raise EmError(f"--into {into} takes {len(heads)} heads: put {{head}} in it (e.g. pred.zarr/{{head}})")
+    if "{name}" in into:
+        raise EmError("--into writes every input into one array: {name} has no place in it")
+    return [{head: io.into_chunk(into.replace("{head}", head), spec, voxel_size_nm) for head in heads}
+            for spec in specs]
+
+
+def _target(job: Job, outs: dict[str, str]) -> Box:
+    """What an input's maps cover: its whole box, or (--into) the region it is responsible for."""
+    if any(io.output_format(spec) == "into" for spec in outs.values()):
+        from emtools.tiling.geometry import responsible_box
+
+        return responsible_box(job.meta.attrs, job.box)
+    return job.box
+
+
 def _readable(spec: str) -> bool:
+    if io.output_format(spec) == "into":
+        return io.output_exists(spec)  # the region's done marker
     if not os.path.exists(io.output_file(spec)):
         return False
     try:
@@ -501,11 +541,14 @@ def _readable(spec: str) -> bool:
 
 # ----------------------------------------------------------------------------- running
 
-def _writers(job: Job, outs: dict[str, str], settings: Settings) -> list[io.VolumeWriter]:
+def _writers(job: Job, outs: dict[str, str], settings: Settings, target: Box | None = None) -> list[io.VolumeWriter]:
     record = provenance_record(TOOL, settings.params, [(job.spec, job.meta)])
     out_type = np.uint8 if settings.dtype == "uint8" else np.dtype(settings.dtype)
-    return [io.VolumeWriter(outs[s.name], output_shape(s, job.box.shape), out_type,
-                            output_metadata(job.meta, s, settings.dtype, record), settings.compression)
+    target = target or job.box
+    offset = tuple(b * v for b, v in zip(target.begin, job.meta.voxel_size_nm))
+    return [io.VolumeWriter(outs[s.name], output_shape(s, target.shape), out_type,
+                            output_metadata(job.meta, s, settings.dtype, record).replace(offset_nm=offset),
+                            settings.compression)
             for s in settings.model.selection]
 
 
@@ -527,13 +570,14 @@ def _predict_block(source, job: Job, block: Box, predictor, settings: Settings) 
 
 def _predict_input(job: Job, outs: dict[str, str], predictor, settings: Settings, where: str) -> list[str]:
     predictor.grid = predictor.grid.anchored(job.anchor_zyx)
-    blocks = windows.plan_blocks(job.box, settings.block_zyx, predictor.grid)
+    target = _target(job, outs)
+    blocks = windows.plan_blocks(target, settings.block_zyx, predictor.grid)
     started, patches = time.perf_counter(), predictor.patches_done
-    shift = tuple(-b for b in job.box.begin)
+    shift = tuple(-b for b in target.begin)
     label = f"{where}{os.path.basename(io.output_file(job.spec))}"
-    beat = pace.Heartbeat(label, job.box.size, len(blocks))
+    beat = pace.Heartbeat(label, target.size, len(blocks))
     with io.open_volume(job.spec, voxel_size_nm=settings.voxel_size_nm) as source, \
-            io.AllOrNothing(_writers(job, outs, settings)) as writers:
+            io.AllOrNothing(_writers(job, outs, settings, target)) as writers:
         for block in progress(blocks, label):
             for writer, values in zip(writers, _predict_block(source, job, block, predictor, settings)):
                 writer.write(block.shift(shift), values)
@@ -561,9 +605,11 @@ def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Set
                 emit(io.output_file(spec))
         return
     predictor.grid = predictor.grid.anchored(job.anchor_zyx)
-    blocks = windows.plan_blocks(job.box, settings.block_zyx, predictor.grid)
+    target = _target(job, outs)
+    # the blocks are what the ranks share: keep --block as given (fitting could leave one block)
+    blocks = windows.plan_blocks(target, settings.block_zyx, predictor.grid, fit=False)
     started, patches = time.perf_counter(), predictor.patches_done
-    shift = tuple(-b for b in job.box.begin)
+    shift = tuple(-b for b in target.begin)
     out_type = np.uint8 if settings.dtype == "uint8" else np.dtype(settings.dtype)
     with Group(ranks) as group, io.open_volume(job.spec, voxel_size_nm=settings.voxel_size_nm) as source:
         if ranks.rank != 0:
@@ -575,9 +621,9 @@ def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Set
             settings.tally.add(sum(b.size for b in ranks.mine(blocks)), time.perf_counter() - started,
                                predictor.patches_done - patches)
             return
-        with io.AllOrNothing(_writers(job, outs, settings)) as writers:
+        with io.AllOrNothing(_writers(job, outs, settings, target)) as writers:
             label = f"{where}{os.path.basename(io.output_file(job.spec))}"
-            beat = pace.Heartbeat(label, job.box.size, len(blocks))
+            beat = pace.Heartbeat(label, target.size, len(blocks))
             for index, block in enumerate(progress(blocks, label)):
                 owner = ranks.owner(index)
                 if owner == 0:

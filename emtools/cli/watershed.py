@@ -7,7 +7,7 @@ import os
 
 import click
 
-from emtools.cli.common import FLOAT_TRIPLE, INT_TRIPLE, contract, emit, version_option
+from emtools.cli.common import FLOAT_TRIPLE, INT_TRIPLE, contract, emit, log, version_option
 
 TOOL = "em-watershed"
 
@@ -45,6 +45,11 @@ A chunk from `em-tile split` is processed with its halo and the output covers on
 region it is responsible for (ids 1..n per chunk; `em-agglomerate offsets` makes them
 globally unique). Float inputs must lie in [0, 1]; uint8 means value / 255.
 
+--into ARRAY writes that region straight into one zarr array (made by `em-tile create`
+with the split's --chunk) instead of a file: many chunks at once, no merge; each store chunk
+is written atomically and the region's done marker last, which --skip-existing checks. The
+region spec written goes to stdout.
+
 \b
 Examples:
   em-watershed affs.h5:/affs -o fragments.h5:/fragments
@@ -55,12 +60,16 @@ Examples:
   em-watershed lr_affs.h5:/affs --method mutex --min-size 50 -o seg.h5:/segmentation
   em-watershed affs.h5:/affs -o frags.h5 --preview frags.png
   em-watershed affs9.h5 --method mutex --offsets '[[-1,0,0],[0,-1,0],[0,0,-1],[-3,0,0],[0,-9,0],[0,0,-9]]' -o seg.h5
+  em-watershed 'affs.zarr/affs[0:64,0:512,0:512]+8,64,64' --into frags.zarr/frags --skip-existing
 """
 
 
 @click.command(help=HELP)
 @click.argument("input_spec", metavar="INPUT")
-@click.option("-o", "--output", required=True, help="Output labels: file.h5[:/dataset] or file.tif.")
+@click.option("-o", "--output", default=None, help="Output labels: file.h5[:/dataset], store.zarr/array or file.tif.")
+@click.option("--into", "into", default=None, metavar="ARRAY",
+              help="Instead of -o: write the region INPUT is responsible for into this existing zarr array "
+                   "(store.zarr/array, from em-tile create).")
 @click.option("--method", type=click.Choice(["watershed", "mutex"]), default="watershed", show_default=True,
               help="Seeded watershed (fragments), or the mutex watershed on long-range affinities (segments).")
 @click.option("--seeds", "seed_method", type=click.Choice(["distance", "components"]), default="distance", show_default=True,
@@ -103,8 +112,8 @@ Examples:
                    "run) over INPUT in grey (affinities: the mean of the first three channels).")
 @version_option(TOOL)
 @contract(TOOL)
-def main(input_spec, output, voxel_size_nm, compression, skip_existing, contour_spec, distance_spec, offsets, preview,
-         **settings):
+def main(input_spec, output, into, voxel_size_nm, compression, skip_existing, contour_spec, distance_spec, offsets,
+         preview, **settings):
     # every other option is a field of WatershedSettings, which validates them
     from emtools.segment.jobs import WatershedSettings, watershed_volume
     from emtools.segment.mutex import parse_offsets
@@ -112,6 +121,16 @@ def main(input_spec, output, voxel_size_nm, compression, skip_existing, contour_
     if offsets is not None:
         settings["offsets"] = tuple(tuple(o) for o in parse_offsets(offsets))
 
+    if (output is None) == (into is None):
+        raise click.UsageError("give -o OUTPUT or --into ARRAY (one of them)")
+    if into is not None:  # the region INPUT is responsible for, in the existing array (checked now)
+        from emtools import io
+
+        output = io.into_chunk(into, input_spec, voxel_size_nm)
+        if skip_existing and io.output_exists(output):
+            log.info("done already, skipped: %s", io.output_file(output))
+            emit(io.output_file(output))
+            return
     if preview is not None:  # before any work: a bad path leaves no labels either
         from emtools.pictures import check_picture_path
 

@@ -125,3 +125,116 @@ def meta_to_attrs(meta: Metadata) -> dict:
             raise EmError(f"internal: metadata attribute {key} is reserved")
         attrs[key] = _python_to_attr(value)
     return attrs
+
+
+# ---------------------------------------------------------------------------- zarr (JSON attributes)
+
+# OME-NGFF axis units we understand, as nanometres per unit (the others are ignored, with a warning).
+OME_UNITS_NM = {"nanometer": 1.0, "micrometer": 1000.0, "angstrom": 0.1, "picometer": 0.001,
+                "millimeter": 1e6}
+
+
+def jsonable(value):
+    """Numpy scalars and arrays, tuples and nested containers as plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def meta_to_json(meta: Metadata) -> dict:
+    """The array attributes of a zarr array: our keys as plain JSON (no text-encoded values)."""
+    attrs = {
+        "axes": meta.axes,
+        "offset_nm": [float(v) for v in meta.offset_nm],
+        "voxel_size_nm": [float(v) for v in meta.voxel_size_nm],
+        "provenance": jsonable(list(meta.provenance)),
+    }
+    for key, value in meta.attrs.items():
+        if key in attrs:
+            raise EmError(f"internal: metadata attribute {key} is reserved")
+        attrs[key] = jsonable(value)
+    return attrs
+
+
+def meta_from_json(attrs: dict, ndim: int, ome: tuple | None = None) -> Metadata:
+    """Metadata from a zarr array's attributes; ``ome`` (voxel size, offset, from the OME-Zarr
+    multiscales of the group above) fills in what the attributes lack."""
+    attrs = dict(attrs)
+    attrs.pop("_ARRAY_DIMENSIONS", None)  # xarray's dimension names (zarr v2)
+    if isinstance(attrs.get("provenance"), list):
+        attrs["provenance"] = json.dumps(attrs["provenance"])
+    has_voxel = "voxel_size_nm" in attrs or any(k in attrs for k in VOXEL_ALIASES)
+    has_offset = "offset_nm" in attrs or any(k in attrs for k in OFFSET_ALIASES)
+    if ome is not None:
+        if not has_voxel:
+            attrs["voxel_size_nm"] = list(ome[0])
+        if not has_offset:
+            attrs["offset_nm"] = list(ome[1])
+    return meta_from_attrs(attrs, ndim)
+
+
+def ome_axes(ndim: int) -> list[dict]:
+    space = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]
+    return ([{"name": "c", "type": "channel"}] if ndim == 4 else []) + space
+
+
+def ome_multiscale(name: str, meta: Metadata, ndim: int) -> dict:
+    """One OME-NGFF ``multiscales`` entry for array ``name`` (one scale level): axes (c,)z,y,x
+    in nanometres, its voxel size as ``scale`` and its offset as ``translation``."""
+    lead = [1.0] if ndim == 4 else []
+    lead_offset = [0.0] if ndim == 4 else []
+    return {
+        "name": name,
+        "axes": ome_axes(ndim),
+        "datasets": [{
+            "path": name,
+            "coordinateTransformations": [
+                {"type": "scale", "scale": lead + [float(v) for v in meta.voxel_size_nm]},
+                {"type": "translation", "translation": lead_offset + [float(v) for v in meta.offset_nm]},
+            ],
+        }],
+    }
+
+
+def ome_multiscales(group_attrs: dict) -> list:
+    """The ``multiscales`` list of a group: OME-NGFF 0.5 (``ome.multiscales``, zarr v3) or 0.4."""
+    ome = group_attrs.get("ome")
+    if isinstance(ome, dict) and isinstance(ome.get("multiscales"), list):
+        return ome["multiscales"]
+    found = group_attrs.get("multiscales")
+    return found if isinstance(found, list) else []
+
+
+def ome_scale_offset(group_attrs: dict, name: str) -> tuple[tuple, tuple] | None:
+    """(voxel size nm, offset nm), z,y,x, of array ``name`` from the OME multiscales of the group
+    above it (dataset transformations, then the multiscale's own), or None when absent or in
+    units we do not know."""
+    for entry in ome_multiscales(group_attrs):
+        datasets = [d for d in entry.get("datasets", []) if isinstance(d, dict) and d.get("path") == name]
+        if not datasets:
+            continue
+        axes = entry.get("axes") or []
+        names = [a.get("name") if isinstance(a, dict) else a for a in axes]
+        if names[-3:] != ["z", "y", "x"]:
+            return None
+        units = [a.get("unit", "nanometer") if isinstance(a, dict) else "nanometer" for a in axes[-3:]]
+        if any(u not in OME_UNITS_NM for u in units):
+            return None
+        scale = [1.0] * len(names)
+        offset = [0.0] * len(names)
+        for transforms in (datasets[0].get("coordinateTransformations", []), entry.get("coordinateTransformations", [])):
+            for t in transforms or []:
+                if t.get("type") == "scale" and len(t.get("scale", [])) == len(names):
+                    offset = [o * s for o, s in zip(offset, t["scale"])]
+                    scale = [a * s for a, s in zip(scale, t["scale"])]
+                elif t.get("type") == "translation" and len(t.get("translation", [])) == len(names):
+                    offset = [o + d for o, d in zip(offset, t["translation"])]
+        factors = [OME_UNITS_NM[u] for u in units]
+        return (tuple(s * f for s, f in zip(scale[-3:], factors)), tuple(o * f for o, f in zip(offset[-3:], factors)))
+    return None

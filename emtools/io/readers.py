@@ -1,4 +1,5 @@
-"""Lazy, region-by-region readers for HDF5 datasets, TIFF stacks and folders of 2D slices."""
+"""Lazy, region-by-region readers for HDF5 datasets, zarr arrays, TIFF stacks and folders of 2D
+slices, and for regions of any of them (``SPEC[z0:z1,y0:y1,x0:x1]+HALO``, read as a chunk)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ from emtools.io.specs import (
     natural_key,
     short_reason,
     split_h5_spec,
+    split_into,
+    split_region,
+    split_zarr_spec,
 )
 from emtools.meta import Metadata
-from emtools.tiling.geometry import Box
+from emtools.tiling.geometry import CHUNK_ATTRS, Box, chunk_attrs
 
 log = logging.getLogger("emtools")
 
@@ -112,6 +116,74 @@ class _H5Source(VolumeSource):
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._file.close()
+
+
+class _ZarrSource(VolumeSource):
+    """A zarr v2 or v3 array (zarr-python 3), opened read-only."""
+
+    def __init__(self, spec: str):
+        from emtools.io import zarrs
+
+        zarr = zarrs.zarr_module()
+        root, path = zarrs.resolve_array(spec)
+        self.spec = spec
+        self.folder = f"{root}/{path}" if path else root
+        try:
+            self._array = zarr.open_array(store=zarrs.atomic_store(root, read_only=True), path=path, mode="r")
+            attrs = self._array.attrs.asdict()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise EmError(f"cannot open the zarr array {self.folder}: {short_reason(exc)}") from exc
+        self.shape = tuple(int(s) for s in self._array.shape)
+        self.dtype = np.dtype(self._array.dtype)
+        self.chunks = tuple(int(c) for c in self._array.chunks)
+        self.zarr_format = int(self._array.metadata.zarr_format)
+        self.meta = zarrs.array_metadata(root, path, len(self.shape), attrs)
+
+    def _read(self, box: Box) -> np.ndarray:
+        sl = tuple(slice(b, e) for b, e in zip(box.begin, box.end))
+        return np.asarray(self._array[((slice(None),) + sl) if len(self.shape) == 4 else sl])
+
+
+class _RegionSource(VolumeSource):
+    """A region (plus halo) of another volume, presented as a chunk of it (see emtools.io.regions)."""
+
+    def __init__(self, spec: str, base: VolumeSource, region: Box, halo: Sequence[int], marker: dict | None):
+        full = Box.from_shape(base.shape_zyx)
+        if not full.contains(region):
+            raise EmError(f"region [{region.text()}] is outside {base.spec} (shape {fmt_shape(base.shape)})")
+        self.spec = spec
+        self._base = base
+        self._read_local = Box(tuple(max(b - h, 0) for b, h in zip(region.begin, halo)),
+                               tuple(min(e + h, s) for e, h, s in zip(region.end, halo, full.end)))
+        channels = base.shape[:1] if len(base.shape) == 4 else ()
+        self.shape = channels + self._read_local.shape
+        self.dtype = base.dtype
+        meta = base.meta
+        origin = meta.origin_vx
+        recorded = meta.attrs
+        volume = full.shift(origin)
+        if "volume_begin_vx" in recorded and "volume_end_vx" in recorded:  # a region of a chunk file
+            volume = Box(recorded["volume_begin_vx"], recorded["volume_end_vx"])
+        attrs = {k: v for k, v in recorded.items() if k not in CHUNK_ATTRS}
+        provenance = meta.provenance
+        if marker is not None:  # the done marker of exactly this region: its attributes and record
+            attrs.update(marker.get("attrs") or {})
+            if marker.get("provenance"):
+                provenance = provenance + (marker["provenance"],)
+        read = self._read_local.shift(origin)
+        attrs.update(chunk_attrs(read, region.shift(origin), volume))
+        offset = tuple(b * v for b, v in zip(read.begin, meta.voxel_size_nm))
+        self.meta = meta.replace(offset_nm=offset, attrs=attrs, provenance=provenance)
+
+    def _read(self, box: Box) -> np.ndarray:
+        return self._base.read(box.shift(self._read_local.begin))
+
+    def set_cache_sections(self, sections: int) -> None:
+        if hasattr(self._base, "set_cache_sections"):
+            self._base.set_cache_sections(sections)
+
+    def close(self) -> None:
+        self._base.close()
 
 
 class _SectionSource(VolumeSource):
@@ -233,15 +305,18 @@ class _SliceFolderSource(_SectionSource):
         self.spec = spec
         self._files = list(files)
         first_shape, first_dtype = _slice_header(self._files[0])
+        dtypes = {first_dtype}
         for path in self._files[1:]:
             shape, dtype = _slice_header(path)
-            if shape != first_shape or dtype != first_dtype:
+            dtypes.add(dtype)
+            # 1-bit and 8-bit PNG masks mixed in one stack (as published masks often are) read as uint8
+            if shape != first_shape or (dtype != first_dtype and dtypes != {np.dtype(bool), np.dtype(np.uint8)}):
                 raise EmError(
                     f"slice sizes differ: {os.path.basename(self._files[0])} is {fmt_shape(first_shape)} "
                     f"{first_dtype} but {path} is {fmt_shape(shape)} {dtype}"
                 )
         self.shape = (len(self._files),) + tuple(first_shape)
-        self.dtype = first_dtype
+        self.dtype = np.dtype(np.uint8) if len(dtypes) > 1 else first_dtype
         self.meta = Metadata()
         self._init_cache(1)
 
@@ -258,6 +333,8 @@ class _SliceFolderSource(_SectionSource):
             data = tifffile.imread(path)
         if data.shape != self.shape[1:]:
             raise EmError(f"{path} changed while reading (shape {fmt_shape(data.shape)})")
+        if data.dtype == bool and self.dtype == np.uint8:
+            return data.astype(np.uint8) * np.uint8(255)  # a 1-bit slice among 8-bit ones: as PIL's convert("L")
         return data.astype(self.dtype, copy=False)
 
 
@@ -303,11 +380,29 @@ def open_volume(
 def _open_any(spec: str, cache_bytes: int | None = None) -> VolumeSource:
     if not spec:
         raise EmError("empty volume spec; " + describe_formats())
+    spec = split_into(spec) or spec  # an --into output reads as its region
+    base, region, halo = split_region(spec)
+    if region is not None:
+        if split_region(base)[1] is not None:
+            raise EmError(f"{spec} has two regions; give one")
+        source = _open_any(base, cache_bytes)
+        try:
+            marker = None
+            if isinstance(source, _ZarrSource) and not any(halo):
+                from emtools.io.regions import read_marker
+
+                marker = read_marker(source.folder, region)
+            return _RegionSource(spec, source, region, halo, marker)
+        except BaseException:
+            source.close()
+            raise
     h5 = split_h5_spec(spec)
     if h5 is not None:
         path, dataset = h5
         _require_file(path)
         return _H5Source(spec, path, dataset, cache_bytes)
+    if split_zarr_spec(spec) is not None:
+        return _ZarrSource(spec)
     if spec.lower().endswith(TIFF_SUFFIXES) and not is_glob(spec):
         _require_file(spec)
         return _TiffSource(spec, spec)

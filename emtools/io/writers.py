@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -100,10 +101,25 @@ class VolumeWriter:
     """Write a volume region by region into a temporary file; rename it into place on success.
 
     ``with VolumeWriter("out.h5:/main", shape, dtype, meta) as w: w.write(box, data)``.
-    HDF5 takes regions in any order. TIFF takes them in any order too, but keeps incomplete
+    HDF5 and zarr take regions in any order (zarr: a temporary folder, renamed into place; see
+    :mod:`emtools.io.zarrs`). TIFF takes them in any order too, but keeps incomplete
     sections in memory until they are whole and all earlier sections are written, so write
     TIFFs in z order (then memory stays one z-row of chunks).
+
+    An ``into:`` spec (:func:`emtools.io.into_spec`) writes one region into an existing zarr
+    array instead (:class:`emtools.io.regions.RegionWriter`); ``shape`` is the region's.
     """
+
+    def __new__(cls, spec: str, *args, **kwargs):
+        if isinstance(spec, str) and output_format(spec) == "into":
+            from emtools.io.regions import RegionWriter
+
+            shape, dtype, meta = (list(args) + [None] * 3)[:3]
+            shape = kwargs.get("shape", shape)
+            dtype = kwargs.get("dtype", dtype)
+            meta = kwargs.get("meta", meta)
+            return RegionWriter(spec, shape, dtype, meta)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -121,6 +137,7 @@ class VolumeWriter:
         self.format = output_format(spec)
         self.path = output_file(spec)
         self.dataset = DEFAULT_DATASET
+        self._zarr = None
         if self.format == "h5":
             self.dataset = (split_h5_spec(spec)[1] or DEFAULT_DATASET).lstrip("/") or DEFAULT_DATASET
         self.compression = parse_compression(compression)
@@ -133,9 +150,23 @@ class VolumeWriter:
             self.dtype = np.dtype(np.uint8)
         check_output_path(self.path)
         self._tmp: str | None = None
+        if self.format == "zarr":
+            from emtools.io.zarrs import ZarrWriter
+
+            self._zarr = ZarrWriter(spec, self.shape, self.dtype, meta, self.compression, chunks_zyx)
 
     # -- context management: the rename happens only on a clean exit
     def __enter__(self):
+        if self._zarr is not None:
+            try:
+                self._zarr.open()
+            except OSError as error:
+                self._zarr.discard()
+                raise storage_error(self.path, error) from error
+            except BaseException:
+                self._zarr.discard()
+                raise
+            return self
         _remove_stale_temps(self.path)
         folder, name = os.path.split(os.path.abspath(self.path))
         self._tmp = os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
@@ -147,6 +178,20 @@ class VolumeWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if self._zarr is not None:
+            if exc_type is not None:
+                self._zarr.discard()
+                return False
+            try:
+                interrupt.check()
+                self._zarr.publish()
+            except OSError as error:
+                self._zarr.discard()
+                raise storage_error(self.path, error) from error
+            except BaseException:
+                self._zarr.discard()
+                raise
+            return False
         if exc_type is None:
             try:
                 interrupt.check()
@@ -220,7 +265,9 @@ class VolumeWriter:
         interrupt.check()
         data = np.asarray(data).astype(self.dtype, copy=False)
         try:
-            if self.format == "h5":
+            if self._zarr is not None:
+                self._zarr.write(box, data)
+            elif self.format == "h5":
                 self._h5_write(box, data)
             else:
                 self._tiff_write(box, data)
@@ -284,7 +331,7 @@ class VolumeWriter:
             self._tiff.close()
 
 def write_volume(spec: str, data: np.ndarray, meta: Metadata, compression: str = "gzip", chunks_zyx=None) -> str:
-    """Write a whole array atomically; returns the path written."""
+    """Write a whole array atomically; returns the path written (an ``into:`` spec: the region's spec)."""
     with VolumeWriter(spec, data.shape, data.dtype, meta, compression, chunks_zyx) as writer:
         writer.write(Box.from_shape(data.shape[-3:]), data)
     return writer.path
@@ -360,21 +407,34 @@ class AllOrNothing:
         if exc is not None:
             self._abort(exc, self._entered)
             return False
-        done: list[str] = []
+        done: list = []
         for i, writer in enumerate(self._entered):
             try:
                 writer.__exit__(None, None, None)
             except BaseException as error:
-                for path in done:
-                    with contextlib.suppress(OSError):
-                        os.remove(path)
+                for finished in done:
+                    _take_back(finished)
                 self._abort(error, self._entered[i + 1 :])
                 raise
-            done.append(writer.path)
+            done.append(writer)
         return False
 
     @staticmethod
-    def _abort(exc: BaseException, writers: list[VolumeWriter]) -> None:
+    def _abort(exc: BaseException, writers: list) -> None:
         for writer in writers:
             with contextlib.suppress(OSError):
                 writer.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _take_back(writer) -> None:
+    """Remove what a finished writer of an AllOrNothing group wrote (a file, a zarr array's
+    folder, or a region's done marker, so that --skip-existing redoes the region)."""
+    from emtools.io.regions import RegionWriter, done_marker
+
+    with contextlib.suppress(OSError):
+        if isinstance(writer, RegionWriter):
+            os.remove(done_marker(writer.info.folder, writer.region))
+        elif os.path.isdir(writer.path):
+            shutil.rmtree(writer.path)
+        else:
+            os.remove(writer.path)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from emtools.errors import EmError
-from emtools.io.specs import H5_SUFFIXES, SLICE_SUFFIXES, is_glob, output_file, split_h5_spec
+from emtools.io.specs import H5_SUFFIXES, SLICE_SUFFIXES, is_glob, output_file, split_h5_spec, split_region
 from emtools.meta import Metadata
 from emtools.predict import OUTPUT_DTYPES
 from emtools.tiling.chunk_files import CHUNK_ATTRS
@@ -30,7 +30,11 @@ if TYPE_CHECKING:  # the engine imports torch
 
 
 def input_name(spec: str) -> str:
-    """The ``{name}`` of an input spec: its file (or folder) name without the suffix."""
+    """The ``{name}`` of an input spec: its file (or folder) name without the suffix; a region
+    spec adds its region (``raw.zarr/raw[0:8,0:64,0:64]`` -> ``raw_0-8_0-64_0-64``)."""
+    base, region, _ = split_region(spec)
+    if region is not None:
+        return f"{input_name(base)}_{region.name()}"
     h5 = split_h5_spec(spec)
     path = (h5[0] if h5 else spec).rstrip("/")
     if is_glob(path):

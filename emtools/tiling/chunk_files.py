@@ -19,20 +19,19 @@ import numpy as np
 from emtools import io
 from emtools.errors import EmError
 from emtools.meta import Metadata, provenance_record, require_same_grid
-from emtools.tiling.geometry import Box, Chunk, blend_weights, first_overlap, plan_chunks, uncovered_boxes
+from emtools.tiling.geometry import (  # noqa: F401 (CHUNK_ATTRS: its users import it from here too)
+    CHUNK_ATTRS,
+    Box,
+    Chunk,
+    blend_weights,
+    chunk_attrs,
+    first_overlap,
+    plan_chunks,
+    uncovered_boxes,
+)
 
 log = logging.getLogger("emtools")
 
-# Metadata keys that describe one chunk (dropped again when chunks are merged).
-CHUNK_ATTRS = (
-    "read_begin_vx",
-    "read_end_vx",
-    "responsible_begin_vx",
-    "responsible_end_vx",
-    "volume_begin_vx",
-    "volume_end_vx",
-    "chunk_index_zyx",
-)
 
 
 def volume_box(attrs: dict) -> Box | None:
@@ -50,15 +49,7 @@ def chunk_path(out_dir: str, prefix: str, chunk: Chunk, fmt: str) -> str:
 def chunk_metadata(source_meta: Metadata, chunk: Chunk, volume: Box) -> Metadata:
     voxel = source_meta.voxel_size_nm
     attrs = dict(source_meta.attrs)
-    attrs.update(
-        read_begin_vx=list(chunk.read.begin),
-        read_end_vx=list(chunk.read.end),
-        responsible_begin_vx=list(chunk.responsible.begin),
-        responsible_end_vx=list(chunk.responsible.end),
-        volume_begin_vx=list(volume.begin),
-        volume_end_vx=list(volume.end),
-        chunk_index_zyx=list(chunk.index_zyx),
-    )
+    attrs.update(chunk_attrs(chunk.read, chunk.responsible, volume, chunk.index_zyx))
     offset = tuple(b * v for b, v in zip(chunk.read.begin, voxel))
     return source_meta.replace(offset_nm=offset, attrs=attrs)
 

@@ -85,6 +85,45 @@ class Chunk:
     responsible: Box
 
 
+# Metadata keys that describe one chunk: where its data lies, what it is responsible for, and
+# the whole volume it was cut from (global voxels). Dropped again when chunks are merged.
+CHUNK_ATTRS = (
+    "read_begin_vx",
+    "read_end_vx",
+    "responsible_begin_vx",
+    "responsible_end_vx",
+    "volume_begin_vx",
+    "volume_end_vx",
+    "chunk_index_zyx",
+)
+
+
+def chunk_attrs(read: Box, responsible: Box, volume: Box, index_zyx: Sequence[int] | None = None) -> dict:
+    """The :data:`CHUNK_ATTRS` of a chunk (chunk files and region specs carry the same)."""
+    attrs = {
+        "read_begin_vx": list(read.begin),
+        "read_end_vx": list(read.end),
+        "responsible_begin_vx": list(responsible.begin),
+        "responsible_end_vx": list(responsible.end),
+        "volume_begin_vx": list(volume.begin),
+        "volume_end_vx": list(volume.end),
+    }
+    if index_zyx is not None:
+        attrs["chunk_index_zyx"] = [int(i) for i in index_zyx]
+    return attrs
+
+
+def responsible_box(attrs: dict, data: Box) -> Box:
+    """The box a chunk is responsible for (global voxels): its ``responsible_*_vx`` attributes, or
+    its whole data box when it is no chunk."""
+    if "responsible_begin_vx" in attrs and "responsible_end_vx" in attrs:
+        box = Box(attrs["responsible_begin_vx"], attrs["responsible_end_vx"])
+        if not data.contains(box):
+            raise EmError(f"the responsible region {box.text()} lies outside the data {data.text()}")
+        return box
+    return data
+
+
 def check_chunking(volume: Box, chunk_zyx: Sequence[int], halo_zyx: Sequence[int]) -> None:
     """One-line errors for chunk sizes and halos that cannot work on this volume."""
     shape = volume.shape
