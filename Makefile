@@ -16,11 +16,13 @@ BIN := $(VENV)/bin
 .PHONY: help install test bench man demo clean clean-demo clean-bench clean-venv
 
 help:
-	@echo "make install   create $(VENV); install emtools with its test, plot and peers extras"
+	@echo "make install   create $(VENV); install emtools with its test, plot, peers and view extras"
 	@echo "make test      run the test suite (real data in ../shared/data is used when present)"
 	@echo "make bench     run the benchmarks in benchmarks/ (speed and memory against peers)"
 	@echo "make man       regenerate man/ from the tools' --help"
-	@echo "make demo      run the example pipeline (examples/Makefile) in demo/"
+	@echo "make demo      the whole job on synthetic data, in demo/synthetic: fine-tune the shipped model,"
+	@echo "               predict, segment and score chunk by chunk; ends with report.txt (examples/Makefile;"
+	@echo "               DATA=fib25, gala or isbi2012: the same on ../shared/data; -j N: chunks in parallel)"
 	@echo "make clean     remove demo/, bench-out/ and build leftovers (clean-venv: the venv)"
 
 install:
@@ -28,7 +30,7 @@ install:
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned, so the range in setup.cfg does not pull a multi-GB CUDA build.
 	$(BIN)/python -c 'import torch' 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test,plot,peers]'
+	$(BIN)/python -m pip install -q -e '.[test,plot,peers,view]'
 	# compile the segmentation kernels ahead of time: no numba start-up in em-watershed/-agglomerate/-eval
 	$(BIN)/python -m emtools.native build
 	# byte-compile emtools now: with PYTHONDONTWRITEBYTECODE set, every tool start would compile
@@ -47,9 +49,10 @@ bench:
 man:
 	$(BIN)/python -m emtools.manpages man
 
+DATA ?= synthetic
 demo:
-	mkdir -p demo
-	PATH="$(abspath $(BIN)):$$PATH" $(MAKE) -f $(CURDIR)/examples/Makefile -C demo
+	mkdir -p demo/$(DATA)
+	PATH="$(abspath $(BIN)):$$PATH" $(MAKE) -f $(CURDIR)/examples/Makefile -C demo/$(DATA) DATA=$(DATA)
 
 clean: clean-demo clean-bench
 	rm -rf build dist *.egg-info .pytest_cache

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Submit the chunked segmentation of AFFINITIES to Slurm: split, then per-chunk job arrays and
 # whole-volume jobs, each waiting for the one before (--dependency=afterok). All outputs go to
-# WORKDIR (created; use a fresh one), with the layout of examples/Makefile; the segmentation is
+# WORKDIR (created; use a fresh one), in this folder layout; the segmentation is
 # WORKDIR/seg.h5:/seg and each job's log is in WORKDIR/logs/.
 #
 #   examples/slurm/submit.sh AFFINITIES WORKDIR
