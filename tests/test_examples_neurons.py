@@ -1,4 +1,4 @@
-"""The neuron examples on real data (examples/fib25, examples/gala, examples/isbi2012) run end to
+"""The neuron examples on real data (examples/fib25, gala, isbi2012 and vnc) run end to
 end as users run them, with tiny settings: one training step, small held-out blocks in two chunks,
 two thresholds. Each: every per-chunk command goes through $(RUN) (a logging launcher, and a dry
 run), the outputs and the report's numbers exist, the scores are those of the held-out block
@@ -100,3 +100,24 @@ def test_isbi2012_example(tmp_path, make_env):
     assert scores["mode"] == "sections" and [s["z"] for s in scores["sections"]] == [0, 1]
     assert scores["adapted_rand_error"] == pytest.approx(np.mean([s["adapted_rand_error"] for s in scores["sections"]]))
     assert "lowest adapted_rand_error" in report
+
+
+def test_vnc_example(tmp_path, make_env):
+    membranes = shared_data("drosophila_vnc", "stack1", "membranes")
+    folder = tmp_path / "vnc"
+    folder.mkdir()
+    settings = COMMON + ["THRESHOLD=0.5", "TRAIN_EXTRA=data.patch_zyx=2,128,128 model.widths=4,8,16,32,64 "
+                         f"{FAST_TRAINING}", "TEST_REGION=17:19,0:128,0:96", "CHUNK_ZYX=2,128,48", "HALO_ZYX=0,8,8",
+                         "PREDICT_ARGS=--patch 1,160,96 --overlap 0"]
+    check_pipeline(EXAMPLES / "vnc" / "Makefile", folder, make_env, settings, ["0.5", "0.7"])
+    train = _training_command(folder)
+    assert "data.volumes.0.val_region=15:20,:,:" in train and "data.volumes.0.label_components=none" in train
+    # the training labels: each section's components of the non-membrane, over the whole stack
+    neurons, meta = io.read_volume(str(folder / "vnc_neurons.h5:/neurons"))
+    assert neurons.shape == (20, 1024, 1024) and meta.voxel_size_nm == (50.0, 4.6, 4.6)
+    from PIL import Image
+
+    inside = np.stack([np.asarray(Image.open(membranes / f"{z:02d}.png"))[0:128, 0:96] == 0 for z in (17, 18)])
+    truth = np.stack([ndimage.label(section)[0] + 1000 * z for z, section in enumerate(inside)]) * inside
+    scores = _scored(folder, "17:19,0:128,0:96", truth)
+    assert scores["mode"] == "sections" and [s["z"] for s in scores["sections"]] == [0, 1]
