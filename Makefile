@@ -22,7 +22,7 @@ help:
 	@echo "make man       regenerate man/ from the tools' --help"
 	@echo "make demo      the whole job on synthetic data, in demo/synthetic: fine-tune the shipped model,"
 	@echo "               predict, segment and score chunk by chunk; ends with report.txt (examples/Makefile;"
-	@echo "               DATA=fib25, gala or isbi2012: the same on ../shared/data; -j N: chunks in parallel)"
+	@echo "               DATA=fib25, gala, isbi2012 or vnc: the same on ../shared/data; -j N: chunks in parallel)"
 	@echo "make clean     remove demo/, bench-out/ and build leftovers (clean-venv: the venv)"
 
 install:
