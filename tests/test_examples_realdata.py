@@ -161,18 +161,21 @@ def test_self_training_pipeline(tmp_path, make_env):
 
     with h5py.File(bodies, "r") as f:
         gt = f["bodies"][100:116, 64:160, 64:160]
-    rows = {}
-    for folder in ("shipped", "finetuned", "selftrained"):
-        scores = json.loads((tmp_path / folder / "scores.json").read_text())
+    rows = []
+    for folder, head in (("shipped", "affinity"), ("finetuned", "affinity"), ("selftrained", "affinity"),
+                         ("finetuned", "boundary"), ("selftrained", "boundary")):
+        scores = json.loads((tmp_path / folder / f"{head}_scores.json").read_text())
         assert scores["region_vx"] == "100:116,64:160,64:160", folder
         assert scores["gt_objects"] == len(np.unique(gt[gt != 0])), folder
-        rows[folder] = scores
+        rows.append((folder, head, scores))
     assert (tmp_path / "finetuned" / "last.pt").exists() and (tmp_path / "selftrained" / "last.pt").exists()
     lines = [line for line in report.splitlines() if re.search(r"\d\.\d{3}\s*$", line)]
-    assert len(lines) == 3, report
-    for line, folder in zip(lines, rows):
+    assert len(lines) == 5, report
+    for line, (folder, head, scores) in zip(lines, rows):
+        assert f" {head} " in line, (line, head)
         split, merge, voi, arand = (float(v) for v in line.split()[-4:])
         assert 0 <= split and 0 <= merge and voi == pytest.approx(split + merge, abs=2e-3) and 0 <= arand <= 1
-        assert voi == pytest.approx(rows[folder]["voi"], abs=5e-4)
+        assert voi == pytest.approx(scores["voi"], abs=5e-4)
+        assert arand == pytest.approx(scores["adapted_rand_error"], abs=5e-4)
     assert "(1 steps)" in lines[1] and "(1 steps)" in lines[2]
     assert 0 <= _number(r"pseudo-labels: ([0-9.]+)% of", report) <= 100
