@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ from emtools.errors import EmError
 from emtools.meta import Metadata, provenance_record
 from emtools.models.weights import PRETRAINED
 from emtools.predict import BLENDS, OUTPUT_DTYPES, PRECISIONS, pace, windows
+from emtools.predict.loading import LoadedModel, load_for_prediction
 from emtools.predict.outputs import encode, output_axes, output_metadata, output_shape, output_specs
 from emtools.tiling.chunk_files import volume_box
 from emtools.tiling.geometry import Box
@@ -197,7 +197,7 @@ def main(checkpoint, inputs, output, into, patch_zyx, memory, overlap, crop, ble
         from emtools.models.pretrained import resolve
 
         checkpoint = resolve(checkpoint)
-    model = _load(checkpoint, patch_zyx, head_names, channel_ranges, tta_reduce, normalization)
+    model = load_for_prediction(checkpoint, patch_zyx, head_names, channel_ranges, tta_reduce, normalization)
     auto = patch_zyx is None
     if auto:
         windows.crop_margins(crop, model.patch_zyx, model.rf_lo, model.rf_hi)  # checks the text before the inputs
@@ -284,58 +284,6 @@ def main(checkpoint, inputs, output, into, patch_zyx, memory, overlap, crop, ble
 
 # ----------------------------------------------------------------------------- the model
 
-@dataclasses.dataclass
-class LoadedModel:
-    module: object
-    spec: object
-    heads: list
-    selection: list
-    reduce: dict
-    normalization: dict
-    voxel_size_nm: list | None
-    patch_zyx: tuple
-    train_zyx: tuple | None  # the training input size (sets the auto crop), when the checkpoint records it
-    rf_size: tuple
-    rf_lo: tuple
-    rf_hi: tuple
-    sha256: str
-    path: str
-
-
-def _load(path, patch_zyx, head_names, channel_ranges, tta_reduce, normalization) -> LoadedModel:
-    from emtools.models.checkpoint import load_model
-    from emtools.models.geometry import check_input_size, receptive_field
-    from emtools.models.heads import default_heads, heads_from_dict
-    from emtools.normalize import check_normalization
-    from emtools.predict.engine import parse_channel_ranges, select_heads
-
-    module, spec, extra = load_model(path)
-    heads = heads_from_dict(extra["heads"], spec.heads) if extra.get("heads") else default_heads(spec.heads)
-    names = [n.strip() for n in head_names.split(",") if n.strip()] if head_names else None
-    selection = select_heads(heads, names, parse_channel_ranges(channel_ranges))
-    if normalization is not None:
-        norm = _parse_normalization(normalization)
-    elif extra.get("normalization") is not None:
-        norm = extra["normalization"]
-    else:
-        raise EmError(f"{path} records no input normalisation; pass --normalization SCALE,MEAN,STD "
-                      "(e.g. 0.00392157,0.5,0.25 for uint8 images)")
-    norm = check_normalization(norm)
-    train_zyx = tuple(int(v) for v in extra["input_size_zyx"]) if extra.get("input_size_zyx") else None
-    if patch_zyx is None:
-        if not extra.get("input_size_zyx"):
-            raise EmError(f"{path} records no training input size; pass --patch Z,Y,X")
-        patch_zyx = tuple(int(v) for v in extra["input_size_zyx"])
-    check_input_size(spec, tuple(patch_zyx))
-    voxel = extra.get("voxel_size_nm")
-    size, lo, hi = receptive_field(spec)
-    from emtools.predict.tta import parse_reduce  # torch: loaded here, never for --help
-
-    return LoadedModel(module, spec, heads, selection, parse_reduce(tta_reduce, [s.name for s in selection]),
-                       norm, [float(v) for v in voxel] if voxel else None, tuple(patch_zyx), train_zyx, size, lo, hi,
-                       _sha256(path), path)
-
-
 def _grid(model: LoadedModel, crop: str, overlap_spec):
     return windows.make_grid(model.patch_zyx, windows.resolve_crop(crop, model.patch_zyx, model.rf_lo, model.rf_hi,
                                                                    model.train_zyx), overlap_spec)
@@ -355,23 +303,6 @@ def _choose_patch(model: LoadedModel, jobs: list, crop: str, overlap_spec, block
         model.module, model.spec, model.patch_zyx, (model.rf_lo, model.rf_hi), sum(len(s.channels) for s in model.selection),
         crop, overlap_spec, block_zyx, batch, [j.box.shape for j in jobs], [volume_shape(j) for j in jobs],
         budget, label, square_yx=tta > 4)
-
-
-def _parse_normalization(text: str) -> dict:
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        scale, mean, std = (float(p) for p in parts)
-    except ValueError:
-        raise EmError(f"--normalization {text!r}: give SCALE,MEAN,STD, e.g. 0.00392157,0.5,0.25") from None
-    return {"scale": scale, "mean": mean, "std": std}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- inputs and outputs

@@ -53,7 +53,7 @@ from emtools.export.precomputed import (
 )
 from emtools.export.skeletons import skeletonize_segments, write_skeletons
 from emtools.export.state import LayerView, viewer_state
-from emtools.io.specs import TMP_MARK, split_h5_spec
+from emtools.io.specs import TMP_MARK, pid_alive, split_h5_spec
 from emtools.meta import Metadata, provenance_record
 
 __all__ = ["EXTRA", "KINDS", "ExportSettings", "LayerInput", "export_volumes", "layer_inputs", "require_package"]
@@ -223,18 +223,10 @@ def _stale_temps(out_dir: str) -> None:
     with contextlib.suppress(OSError):
         for entry in os.listdir(folder):
             pid = entry[len(prefix):].split("-")[0] if entry.startswith(prefix) else ""
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _write_json(path: str, value) -> None:

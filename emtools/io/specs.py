@@ -30,6 +30,17 @@ VOXEL_ALIASES = {"resolution": 1.0, "voxel_size": 1.0, "element_size_um": 1000.0
 OFFSET_ALIASES = {"offset": 1.0}
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host still runs (a temporary named with it is not stale)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def natural_key(path: str) -> list:
     """Sort key that orders ``2.png`` before ``10.png``."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", os.path.basename(path))]

@@ -26,6 +26,7 @@ from emtools.io.specs import (
     fmt_shape,
     output_file,
     output_format,
+    pid_alive,
     short_reason,
     split_h5_spec,
 )
@@ -62,20 +63,11 @@ def _remove_stale_temps(path: str) -> None:
             if not entry.startswith(prefix):
                 continue
             pid = entry[len(prefix) :].split("-")[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(folder, entry))
                     log.debug("removed stale temporary %s", entry)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _h5_chunks(shape: Sequence[int], chunks_zyx: Sequence[int] | None) -> tuple[int, ...]:

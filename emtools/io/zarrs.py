@@ -40,6 +40,7 @@ from emtools.io.specs import (
     DEFAULT_DATASET,
     TMP_MARK,
     check_zarr_output,
+    pid_alive,
     short_reason,
     split_zarr_spec,
     zarr_array_dir,
@@ -300,21 +301,12 @@ def remove_stale_temporaries(folder: str) -> None:
             if TMP_MARK not in entry or not entry.startswith(".") or not entry.endswith(f"@{HOST}"):
                 continue
             pid = entry.split(TMP_MARK, 1)[1].split("-")[0]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 target = os.path.join(folder, entry)
                 with contextlib.suppress(OSError):
                     shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
                     log.debug("removed stale temporary %s", target)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ZarrWriter:

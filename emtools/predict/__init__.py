@@ -10,8 +10,10 @@ Modules: :mod:`.windows` (the patch grid in global voxel coordinates, reflected 
 their inverses, affinity channel remapping), :mod:`.engine` (batches, heads, blending),
 :mod:`.outputs` (output names, types and metadata), :mod:`.sharding` (torchrun ranks),
 :mod:`.autopatch` (the default patch: cheapest within a memory budget), :mod:`.pace` (progress
-lines without a terminal, the closing Mvoxel/s and FLOP-share line).
-They take an ``nn.Module`` and numpy arrays and do no file I/O; ``em-predict`` reads and writes.
+lines without a terminal, the closing Mvoxel/s and FLOP-share line), :mod:`.loading` (a
+checkpoint with its heads, normalisation and receptive field, ready to predict).
+They take an ``nn.Module`` and numpy arrays and do no file I/O (:mod:`.loading` reads the
+checkpoint); ``em-predict`` reads and writes.
 """
 
 # Choices the CLI shows without importing torch.
