@@ -148,16 +148,20 @@ class VolumeWriter:
             self._zarr = ZarrWriter(spec, self.shape, self.dtype, meta, self.compression, chunks_zyx)
 
     # -- context management: the rename happens only on a clean exit
+    def _zarr_step(self, step) -> None:
+        """Run a step of the zarr writer; on any failure its temporaries go (OSError: one line)."""
+        try:
+            step()
+        except OSError as error:
+            self._zarr.discard()
+            raise storage_error(self.path, error) from error
+        except BaseException:
+            self._zarr.discard()
+            raise
+
     def __enter__(self):
         if self._zarr is not None:
-            try:
-                self._zarr.open()
-            except OSError as error:
-                self._zarr.discard()
-                raise storage_error(self.path, error) from error
-            except BaseException:
-                self._zarr.discard()
-                raise
+            self._zarr_step(self._zarr.open)
             return self
         _remove_stale_temps(self.path)
         folder, name = os.path.split(os.path.abspath(self.path))
@@ -174,15 +178,7 @@ class VolumeWriter:
             if exc_type is not None:
                 self._zarr.discard()
                 return False
-            try:
-                interrupt.check()
-                self._zarr.publish()
-            except OSError as error:
-                self._zarr.discard()
-                raise storage_error(self.path, error) from error
-            except BaseException:
-                self._zarr.discard()
-                raise
+            self._zarr_step(lambda: (interrupt.check(), self._zarr.publish()))
             return False
         if exc_type is None:
             try:
