@@ -40,6 +40,14 @@ def test_lr_scaling_with_workers(scaling, expected):
     assert scaled_lr(1e-3, 1, scaling) == pytest.approx(1e-3)
 
 
+def test_linear_then_sqrt_scaling():
+    # linear up to 16 workers, then the square root of the growth beyond: 64 workers = 16 x sqrt(4)
+    assert scaled_lr(1e-3, 8, "linear-sqrt") == pytest.approx(8e-3)
+    assert scaled_lr(1e-3, 16, "linear-sqrt") == pytest.approx(16e-3)
+    assert scaled_lr(1e-3, 64, "linear-sqrt") == pytest.approx(32e-3)
+    assert scaled_lr(1e-3, 1024, "linear-sqrt") == pytest.approx(1e-3 * 16 * 8)
+
+
 def test_optimizers():
     params = list(torch.nn.Linear(2, 2).parameters())
     assert isinstance(build_optimizer("adam", params, 1e-3), torch.optim.Adam)

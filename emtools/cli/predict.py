@@ -11,6 +11,7 @@ import click
 import numpy as np
 
 from emtools import io
+from emtools.cli import predict_ffn
 from emtools.cli.common import (
     FLOAT_TRIPLE,
     INT_TRIPLE,
@@ -89,10 +90,11 @@ Examples:
   torchrun --standalone --nproc-per-node=4 -m emtools.cli.predict model.pt chunks/*.h5 -o pred/
   em-predict model.pt 'raw.zarr/raw[0:64,0:512,0:512]+8,64,64' --heads affinity --dtype uint8 \\
     --into affs.zarr/affs --skip-existing
+  em-predict ffn.pt raw.h5:/image -o seg.h5 --seeds peaks --state seg.state.npz   # an FFN checkpoint
 """
 
 
-@click.command(help=HELP)
+@click.command(help=HELP + "\n" + predict_ffn.HELP)
 @click.argument("checkpoint")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
 @click.option("-o", "--output", default=None,
@@ -112,7 +114,8 @@ Examples:
               help="Voxels cut from each patch output's border: auto, valid (receptive field) or z,y,x.")
 @click.option("--blend", type=click.Choice(BLENDS), default="gaussian", show_default=True,
               help="Weights of overlapping patch outputs.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Patches per forward pass.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Patches per forward pass (FFN: FOVs that do not overlap, from the front of the queue).")
 @click.option("--tta", type=int, default=1, show_default=True,
               help="Test-time augmentation variants: 1 (none) .. 16 (4: yx flips, 8: + transpose, 16: + z flip).")
 @click.option("--tta-reduce", default="mean", show_default=True,
@@ -155,13 +158,18 @@ Examples:
 @click.option("--preview", default=None, metavar="FILE.png",
               help="Also draw a few z sections of the first INPUT (top row, grey) above its maps, one row per head: "
                    "one channel grey, several the first three as red, green, blue (affinities z, y, x).")
+@predict_ffn.options
 @version_option(TOOL)
 @contract(TOOL)
 def main(checkpoint, inputs, output, into, patch_zyx, memory, overlap, crop, blend, batch, tta, tta_reduce, head_names,
          channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, onednn, winograd, plain, device,
-         threads, normalization, voxel_size_nm, force, compression, skip_existing, preview):
+         threads, normalization, voxel_size_nm, force, compression, skip_existing, preview, **ffn_options):
+    shared = {"batch": batch, "device": device, "threads": threads, "normalization": normalization, "precision": precision,
+              "voxel_size_nm": voxel_size_nm, "force": force, "compression": compression, "skip_existing": skip_existing}
     if (output is None) == (into is None):
         raise click.UsageError("give -o OUTPUT or --into ARRAY (one of them)")
+    if predict_ffn.dispatch(click.get_current_context(), checkpoint, inputs, output, ffn_options, shared):
+        return  # an FFN checkpoint: segmented by flood filling (emtools.cli.predict_ffn)
     io.parse_compression(compression)
     from emtools.predict import autopatch
 

@@ -26,6 +26,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 Examples:
   em-profile model rsunet --input 18,160,160 --no-time
   em-profile model rsunet-efficient --input 18,160,160 --options default --plot layers.png
+  em-profile model ffn-small --mode infer
   em-profile run --log runs.jsonl --voxels 1048576 -- em-tile raw.h5 -o tiles
   em-profile summary runs.jsonl --plot runs.png
 """)
@@ -53,9 +54,17 @@ OPTIONS_TABLE = "\n".join(["\b", "Execution options (--options; any singles join
 torch's FlopCounterMode), parameters, activation memory, measured forward/backward time,
 GFLOP/s and share of this device's measured peak; totals, per-level shares, bottlenecks.
 
-SPEC is a preset (rsunet, rsunet-efficient, unet3d, unet2d), a YAML/JSON spec file or a
-checkpoint (.pt), followed by optional key=value overrides. The text table goes to stdout;
---json prints one JSON document instead.
+SPEC is a preset (rsunet, rsunet-efficient, unet3d, unet2d; ffn, ffn-aniso, ffn-small), a
+YAML/JSON spec file or a checkpoint (.pt), followed by optional key=value overrides. The text
+table goes to stdout; --json prints one JSON document instead.
+
+A flood-filling network (ffn*) is profiled on its input, one field of view (N, 2, Z, Y, X) with
+Z,Y,X = fov_zyx: --input defaults to the FOV and another size is an error. It reports FLOPs per
+FOV (checked against the spec's own count) and a throughput table, FOV/s and voxels/s (FOV
+voxels x FOV/s), GFLOP/s and share of the measured peak, for every execution option at batch
+sizes 1, 2, 4 and 8 FOVs (--batch changes them), for forward (--mode infer) or training
+(--mode train). U-Net sections that do not apply (valid-output crop, per-level shares) are
+listed as skipped, with the reason.
 
 --options times each execution option on its own copy of the model; one that cannot run here is
 reported as unavailable, with the reason.
@@ -67,11 +76,17 @@ Examples:
   em-profile model rsunet --input 18,160,160 --no-time
   em-profile model rsunet stride_in=1,2,2 transposed_out=true --input 18,160,160
   em-profile model rsunet-efficient --input 18,160,160 --options default --json > prof.json
+  em-profile model ffn --mode infer --options eager,channels_last
+  em-profile model ffn-small depth=4 --batch 1,4 --mode train
+  em-profile model ffn_run/best.pt --mode infer --json > ffn.json
 """)
 @click.argument("spec")
 @click.argument("overrides", nargs=-1)
-@click.option("--input", "input_zyx", type=INT_TRIPLE, required=True, help="Input size z,y,x in voxels.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Batch size.")
+@click.option("--input", "input_zyx", type=INT_TRIPLE, default=None,
+              help="Input size z,y,x in voxels (required for U-Nets; an FFN's is its FOV).")
+@click.option("--batch", "batch_text", default=None,
+              help="Batch size, or a comma list (e.g. 1,2,4,8) to time every option at each size "
+                   "(samples/s, voxels/s); the per-layer table uses the first. Default 1; for an FFN 1,2,4,8.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--mode", type=click.Choice(["train", "infer"]), default="train", show_default=True,
               help="train: forward+backward (+Adam step for --options); infer: forward only.")
@@ -87,16 +102,18 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the per-layer chart as PNG.")
 @contract(TOOL)
-def model_command(spec, overrides, input_zyx, batch, device, mode, option_names, no_time, repeat, warmup,
+def model_command(spec, overrides, input_zyx, batch_text, device, mode, option_names, no_time, repeat, warmup,
                   threads, seed, as_json, plot) -> None:
-    require_positive("--input", input_zyx)
+    if input_zyx is not None:
+        require_positive("--input", input_zyx)
     if threads is not None:
         if threads < 1:
             raise EmError(f"--threads {threads} must be at least 1")
     if warmup < 0:
         raise EmError(f"--warmup {warmup} must not be negative")
-    if batch < 1 or repeat < 1:
-        raise EmError(f"--batch {batch} and --repeat {repeat} must be at least 1")
+    batches = None if batch_text is None else _batch_sizes(batch_text)
+    if (batches and min(batches) < 1) or repeat < 1:
+        raise EmError(f"--batch {batch_text} and --repeat {repeat} must be at least 1")
     import torch
 
     from emtools.profile.options import parse_options
@@ -109,11 +126,14 @@ def model_command(spec, overrides, input_zyx, batch, device, mode, option_names,
     names = parse_options(option_names, dev, mode)
     if no_time and names:
         raise EmError("--no-time measures nothing, so it cannot compare --options; drop one of them")
-    from emtools.models.geometry import check_input_size
+    from emtools.profile.kinds import kind_of
 
-    check_input_size(model_spec, tuple(input_zyx))  # before any output: a bad size is one line
+    kind = kind_of(model_spec)
+    if input_zyx is None and kind.needs_input:
+        raise click.UsageError("Missing option '--input' (a U-Net's patch size z,y,x, e.g. --input 18,160,160).")
+    input_zyx = kind.input_zyx(model_spec, input_zyx)  # before any output: a bad size is one line
     log.info(f"{model_spec.describe()}")
-    report = profile_model(model_spec, tuple(input_zyx), batch, str(dev), mode, measure=not no_time,
+    report = profile_model(model_spec, input_zyx, batches, str(dev), mode, measure=not no_time,
                            options=names, repeats=repeat, warmup=warmup, seed=seed, log=log.info)
     if plot:
         from emtools.profile.plots import layer_chart
@@ -125,6 +145,15 @@ def model_command(spec, overrides, input_zyx, batch, device, mode, option_names,
     else:
         for line in format_report(report):
             emit(line)
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """``--batch 4`` or ``--batch 1,2,4,8``; a one-line error for anything else."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise EmError(f"--batch {text}: give a batch size or a comma list of them, e.g. 1,2,4,8") from None
+    return list(dict.fromkeys(sizes))
 
 
 @main.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},

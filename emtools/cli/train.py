@@ -15,8 +15,9 @@ from emtools.models.weights import PRETRAINED
 
 TOOL = "em-train"
 
-HELP = """Train a segmentation model (rsunet, rsunet-efficient, unet3d, unet2d) on image
-volumes with labels, as the YAML --config and the KEY=VALUE overrides say; write
+HELP = """Train a segmentation model (rsunet, rsunet-efficient, unet3d, unet2d, or a flood-filling
+network: ffn, ffn-small, ffn-aniso) on image volumes with labels, as the YAML --config
+and the KEY=VALUE overrides say; write
 checkpoints, metrics.jsonl and optional curves into RUN_DIR (-o). Prints the paths of the
 final checkpoints (last.pt, best.pt) on stdout.
 
@@ -46,6 +47,14 @@ state: --resume continues exactly where last.pt stopped (same weights as a run n
 stopped, on CPU in deterministic mode). A NaN/Inf loss stops the run with exit 1, keeping
 the checkpoints written before it.
 
+A flood-filling network (model=ffn) learns to grow the object at the centre of a training
+patch (FOV + 2 x deltas): centres drawn equally from the partitions of each voxel's
+same-object fraction, soft targets 0.95 / 0.05, the FOV moving within the patch
+(ffn.fov_policy=fixed or max_pred_moves) with each prediction written back into the object
+map; data.batch_size examples in flight per rank; ffn.* holds its settings (other models
+ignore them). It logs loss, voxel accuracy, precision, recall and F1 of the object map at
+0.9 and FOVs/s; validation grows ffn.val_examples examples in the val_region.
+
 Under torchrun (one node or several) the ranks split one global batch of data.batch_size x
 WORLD_SIZE crops (the crops one process with that batch would draw), gradients are averaged
 (DDP: gloo on CPU, NCCL on cuda:LOCAL_RANK) and only global rank 0 writes (RUN_DIR on a
@@ -59,6 +68,7 @@ Examples:
   em-train --config c.yaml --print-config > resolved.yaml
   em-train -o runs/isbi --resume train.steps=20000
   em-train --init fibsem-affinity --config examples/fibsem_finetune.yaml -o runs/mine
+  em-train --config c.yaml model=ffn-small data.batch_size=4 ffn.fov_policy=max_pred_moves -o runs/ffn
   torchrun --nproc-per-node=4 -m emtools.cli.train --config c.yaml optim.lr_scaling=linear -o run
   torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint=$HOST:29400 \\
       --rdzv-id=run1 -m emtools.cli.train --config c.yaml -o run     # on each of the 2 nodes
@@ -66,10 +76,10 @@ Examples:
 
 
 class StatusLine:
-    """One self-rewriting line on stderr (a terminal): step, loss, samples/s."""
+    """One self-rewriting line on stderr (a terminal): step, loss, samples/s (FOVs/s for an FFN)."""
 
-    def __init__(self, batch: int, world: int):
-        self.batch, self.world = batch, world
+    def __init__(self, batch: int, world: int, unit: str = "samples"):
+        self.batch, self.world, self.unit = batch, world, unit
         self.mark_step: int | None = None  # the rate counts from here (start, or after a validation)
         self.mark_time = time.perf_counter()
         self.width = 0
@@ -84,7 +94,7 @@ class StatusLine:
         if self.mark_step is None:
             self.mark_step, self.mark_time = info["step"], now
         done = info["step"] - self.mark_step
-        rate = f"{done * self.batch * self.world / max(now - self.mark_time, 1e-9):.2f} samples/s" if done else ""
+        rate = f"{done * self.batch * self.world / max(now - self.mark_time, 1e-9):.2f} {self.unit}/s" if done else ""
         text = f"step {info['step']}/{info['steps']}  loss {info['loss']:.4g}  {rate}".rstrip()
         sys.stderr.write("\r" + text.ljust(self.width))
         sys.stderr.flush()
@@ -100,8 +110,8 @@ class StatusLine:
 class LogLines:
     """A log line every ``every`` steps (stderr is not a terminal)."""
 
-    def __init__(self, every: int, batch: int, world: int):
-        self.every, self.batch, self.world = every, batch, world
+    def __init__(self, every: int, batch: int, world: int, unit: str = "samples"):
+        self.every, self.batch, self.world, self.unit = every, batch, world, unit
         self.mark = time.perf_counter()
         self.losses: list[float] = []
 
@@ -115,8 +125,8 @@ class LogLines:
             return
         now = time.perf_counter()
         rate = len(self.losses) * self.batch * self.world / max(now - self.mark, 1e-9)
-        log.info("step %d/%d loss %.4g lr %.3g %.2f samples/s", info["step"], info["steps"],
-                 sum(self.losses) / len(self.losses), info["lr"], rate)
+        log.info("step %d/%d loss %.4g lr %.3g %.2f %s/s", info["step"], info["steps"],
+                 sum(self.losses) / len(self.losses), info["lr"], rate, self.unit)
         self.mark, self.losses = now, []
 
 
@@ -208,25 +218,44 @@ def _check_run_dir(run_dir: str, resume: bool) -> None:
         raise EmError(f"{run_dir} already holds a run (last.pt); use --resume to continue it or another -o")
 
 
+def _progress(config: dict, world: int, unit: str = "samples"):
+    batch = config["data"]["batch_size"]
+    if log.level > logging.INFO:
+        return None
+    if sys.stderr.isatty():
+        return StatusLine(batch, world, unit)
+    return LogLines(config["train"]["log_every"], batch, world, unit)
+
+
 def _train(config: dict, run_dir: str, env, payload) -> None:
-    from emtools.train import loop
     from emtools.train.state import check_same_spec
 
-    prepared = loop.prepare(config, env)  # every input checked before RUN_DIR is touched
+    ffn = config["model"].get("arch") == "ffn"
+    if ffn:  # a flood-filling network: emtools.ffn.training
+        from emtools.ffn.training import prepare_ffn, train_ffn
+
+        prepared = prepare_ffn(config, env)
+        run_training = train_ffn
+        shape = f"patch {','.join(map(str, prepared.settings.patch_zyx))}, {config['ffn']['fov_policy']} FOV policy"
+    else:
+        from emtools.train import loop
+        from emtools.train.schema import SCHEMA, convert
+
+        prepared = loop.prepare(config, env)  # every input checked before RUN_DIR is touched
+        run_training = loop.train
+        shape = f"crop {','.join(map(str, config['data']['patch_zyx']))}"
+        if any(config.get("ffn", {}).get(k) != convert(f"ffn.{k}", field, field.default)
+               for k, field in SCHEMA["ffn"].items()):
+            log.warning("warning: the ffn.* settings are for flood-filling networks (model=ffn); "
+                        "this %s run ignores them", prepared.spec.name)
     if payload is not None:
         check_same_spec(payload, prepared.spec, os.path.join(run_dir, "last.pt"))
-    batch, world = config["data"]["batch_size"], env.world_size
-    quiet = log.level > logging.INFO
-    if quiet:
-        on_step = None
-    elif sys.stderr.isatty():
-        on_step = StatusLine(batch, world)
-    else:
-        on_step = LogLines(config["train"]["log_every"], batch, world)
-    log.info("%s; %d volume(s); crop %s; %d step(s) on %d rank(s)", prepared.spec.describe(),
-             len(prepared.volumes), ",".join(map(str, config["data"]["patch_zyx"])), config["train"]["steps"], world)
+    world = env.world_size
+    on_step = _progress(config, world, "FOVs" if ffn else "samples")
+    log.info("%s; %d volume(s); %s; %d step(s) on %d rank(s)", prepared.spec.describe(),
+             len(prepared.volumes), shape, config["train"]["steps"], world)
     try:
-        result = loop.train(config, run_dir, env, resume=payload, on_step=on_step, prepared=prepared)
+        result = run_training(config, run_dir, env, resume=payload, on_step=on_step, prepared=prepared)
     finally:
         if isinstance(on_step, StatusLine):
             on_step.clear()

@@ -344,10 +344,12 @@ def atomic_text(path: str) -> Iterator:
 def atomic_path(path: str) -> Iterator[str]:
     """A temporary file name beside ``path``, renamed to ``path`` only if the block succeeds.
 
-    For writers that want a file name (Pillow, matplotlib, torch.save): an interrupted or failed
-    write leaves the old file or none, never a partial one.
+    For writers that want a file name (Pillow, matplotlib, torch.save, numpy.savez): an interrupted
+    or failed write leaves the old file or none, never a partial one; temporaries that killed runs
+    left for ``path`` are removed first.
     """
     check_output_path(path)
+    _remove_stale_temps(path)
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
     try:

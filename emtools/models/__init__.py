@@ -6,7 +6,9 @@
     outputs = split_heads(spec, model(x))      # {"affinity": ..., "foreground": ...}
 
 Models: ``rsunet`` (Lee et al. 2017), ``rsunet-efficient`` (strided entry conv, transposed output
-conv, FLOP-balanced widths), ``unet3d``, ``unet2d`` (per section). Checkpoints carry their spec:
+conv, FLOP-balanced widths), ``unet3d``, ``unet2d`` (per section), and the flood-filling networks
+``ffn``, ``ffn-aniso``, ``ffn-small`` (:mod:`emtools.models.ffn_spec`; one object at a time, see
+:mod:`emtools.ffn`). Checkpoints carry their spec:
 :func:`emtools.models.checkpoint.load_model` rebuilds a model from the file alone.
 
 How a model runs (channels_last, oneDNN or Winograd convolutions, autocast, torch.compile) is
@@ -39,6 +41,14 @@ def build_model(spec: ModelSpec, seed: int | None = 0) -> "torch.nn.Module":
     """The torch module for ``spec``, He-initialised from ``seed`` (None: torch's own init)."""
     from emtools.models.layers import init_weights
 
+    if spec.arch == "ffn":
+        from emtools.models.ffn import FFN, zero_update
+
+        model = FFN(spec)
+        if seed is not None:
+            init_weights(model, seed)
+            zero_update(model)
+        return model
     if spec.arch == "rsunet":
         from emtools.models.rsunet import RSUNet
 

@@ -226,12 +226,18 @@ def spec_from_dict(values: Mapping[str, Any], where: str = "spec") -> ModelSpec:
     if not isinstance(values, Mapping):
         raise EmError(f"{where}: a model spec must be a mapping of key: value, not {type(values).__name__}")
     values = dict(values)
+    from emtools.models.ffn_spec import ffn_spec_from_dict, is_ffn
+
+    if is_ffn(values):  # a flood-filling network has its own, smaller spec
+        return ffn_spec_from_dict(values, where)  # type: ignore[return-value]
     name = str(values.get("name", "rsunet"))
     if name in PRESETS:
         base = {"name": name, **PRESETS[name]}
     else:
         if "arch" not in values:
-            raise EmError(f"unknown model '{name}'{did_you_mean(name, PRESETS)} ({where})")
+            from emtools.models.ffn_spec import FFN_PRESETS
+
+            raise EmError(f"unknown model '{name}'{did_you_mean(name, [*PRESETS, *FFN_PRESETS])} ({where})")
         # A custom name starts from the preset of its architecture.
         arch = to_choice(values["arch"], "arch", ARCHS)
         base = {**PRESETS[arch], "arch": arch}
@@ -349,14 +355,16 @@ def load_spec_file(path: str) -> dict[str, Any]:
 
 def resolve_spec(source: str, overrides: Sequence[str] | Mapping[str, Any] = ()) -> ModelSpec:
     """A preset name or a spec file, plus ``key=value`` overrides, as a validated spec."""
+    from emtools.models.ffn_spec import FFN_PRESETS
+
     extra = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-    if source in PRESETS:
+    if source in PRESETS or source in FFN_PRESETS:
         return spec_from_dict({"name": source, **extra}, where=source)
     if source.endswith((".yaml", ".yml", ".json")) or os.path.sep in source or os.path.exists(source):
         if not os.path.exists(source):
             raise EmError(f"spec file not found ({source})")
         return spec_from_dict({**load_spec_file(source), **extra}, where=source)
-    raise EmError(f"unknown model '{source}'{did_you_mean(source, PRESETS)}")
+    raise EmError(f"unknown model '{source}'{did_you_mean(source, [*PRESETS, *FFN_PRESETS])}")
 
 
 def spec_difference(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:

@@ -226,6 +226,9 @@ def resolve(raw: Mapping[str, Any]) -> dict:
     spec = _model_section(config["model"])
     config["model"] = spec.to_dict()
     config["data"]["volumes"] = _volumes(config["data"]["volumes"])
+    if spec.arch == "ffn" and config["targets"]:  # a flood-filling network learns its object map
+        raise EmError(f"targets: model {spec.name} is a flood-filling network without heads; it learns the "
+                      "seed's object from the labels (remove the targets section; see ffn.*)")
     config["targets"] = _targets(config["targets"], spec.heads)
     for volume in config["data"]["volumes"]:
         if volume["pseudo_head"] is not None and volume["pseudo_head"] not in config["targets"]:

@@ -137,7 +137,8 @@ def execution_options(tcfg: Mapping[str, Any]) -> tuple[list[str], dict[str, str
     return names, spelled
 
 
-def _set_determinism(mode: str, device: torch.device) -> bool:
+def set_determinism(mode: str, device: torch.device) -> bool:
+    """torch.use_deterministic_algorithms as train.deterministic says (auto: on for CPU); cudnn alike."""
     on = mode == "true" or (mode == "auto" and device.type == "cpu")
     if on and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -148,8 +149,9 @@ def _set_determinism(mode: str, device: torch.device) -> bool:
     return on
 
 
-def _seed_everything(seed: int, rank: int) -> None:
-    value = int(np.random.SeedSequence([seed, rank, 3]).generate_state(1)[0])
+def seed_everything(seed: int, rank: int, stream: int = 3) -> None:
+    """Seed Python, numpy and torch for one rank (``stream`` keeps the trainers' seeds apart)."""
+    value = int(np.random.SeedSequence([seed, rank, stream]).generate_state(1)[0])
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)
@@ -183,7 +185,7 @@ def train(config: Mapping[str, Any], run_dir: str, env: dist.Ranks | None = None
     device = prepared.device
     # Global torch settings are restored afterwards, so that a library caller keeps its own.
     before = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    _set_determinism(tcfg["deterministic"], device)
+    set_determinism(tcfg["deterministic"], device)
     if tcfg["threads"]:
         torch.set_num_threads(int(tcfg["threads"]))
     dist.init_process_group(env, device)
@@ -203,7 +205,7 @@ def train(config: Mapping[str, Any], run_dir: str, env: dist.Ranks | None = None
 def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, dcfg, vcfg) -> RunResult:
     seed, steps, batch_size = int(config["seed"]), int(tcfg["steps"]), int(dcfg["batch_size"])
     spec, heads = prepared.spec, prepared.heads
-    _seed_everything(seed, env.rank)
+    seed_everything(seed, env.rank)
     model = build_model(spec, seed=seed)
     norm = None
     if resume is not None:
@@ -323,7 +325,7 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
         spent = float(values[-1])
         values = values[:-1]
         if values[-1] > 0:
-            _stop_non_finite(step, float(loss.detach()), last_path, last_saved, metrics, env)
+            stop_non_finite(step, float(loss.detach()), last_path, last_saved, metrics, env)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -368,7 +370,7 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
                      metrics.records)
 
 
-def _stop_non_finite(step: int, value: float, last_path: str | None, last_saved: int, metrics: MetricsLog,
+def stop_non_finite(step: int, value: float, last_path: str | None, last_saved: int, metrics: MetricsLog,
                      env: dist.Ranks) -> None:
     what = "NaN" if value != value else ("Inf" if value in (float("inf"), float("-inf")) else "not finite on a rank")
     if last_path is not None and last_saved > 0:

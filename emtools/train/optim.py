@@ -23,17 +23,23 @@ import torch
 from emtools.errors import EmError
 
 SCHEDULES = ("warmup_cosine", "warmup_step", "constant")
-SCALINGS = ("none", "linear", "sqrt")
+SCALINGS = ("none", "linear", "sqrt", "linear-sqrt")
+LINEAR_UP_TO = 16  # linear-sqrt: the FFN scaling study's rule (linear with warm-up to ~16 workers, sqrt beyond)
 
 
 def scaled_lr(lr: float, world_size: int, scaling: str) -> float:
-    """The peak rate for ``world_size`` workers (``none``, ``linear`` or ``sqrt`` scaling)."""
+    """The peak rate for ``world_size`` workers: ``none``, ``linear``, ``sqrt``, or ``linear-sqrt``
+    (linear up to 16 workers, then by the square root of the workers beyond: continuous at 16)."""
     if scaling == "none" or world_size <= 1:
         return float(lr)
     if scaling == "linear":
         return float(lr) * world_size
     if scaling == "sqrt":
         return float(lr) * math.sqrt(world_size)
+    if scaling == "linear-sqrt":
+        if world_size <= LINEAR_UP_TO:
+            return float(lr) * world_size
+        return float(lr) * LINEAR_UP_TO * math.sqrt(world_size / LINEAR_UP_TO)
     raise EmError(f"lr scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
 
 

@@ -102,8 +102,9 @@ SCHEMA: dict[str, Any] = {
         "min_lr_ratio": _f("float", 0.0, "cosine floor as a fraction of the peak rate", minimum=0.0),
         "step_every": _f("int", 1000, "warmup_step: multiply by gamma every this many steps", minimum=1),
         "gamma": _f("float", 0.1, "warmup_step: decay factor", minimum=0.0),
-        "lr_scaling": _f("choice", "none", "scale lr with the number of workers: none, linear, sqrt",
-                         choices=("none", "linear", "sqrt")),
+        "lr_scaling": _f("choice", "none", "scale lr with the number of workers: none, linear, sqrt, "
+                         "linear-sqrt (linear up to 16 workers, square root beyond)",
+                         choices=("none", "linear", "sqrt", "linear-sqrt")),
         "grad_clip": _f("float", 0.0, "clip the gradient norm to this (0 = off)", minimum=0.0),
     },
     "train": {
@@ -149,6 +150,37 @@ SCHEMA: dict[str, Any] = {
                           optional=True),
         "best_metric": _f("str", "auto", "metric that picks best.pt (auto: adapted Rand for affinity/"
                           "boundary heads, else F1, else loss)"),
+    },
+    "ffn": {  # flood-filling networks (model=ffn, ffn-small, ffn-aniso) only; other models ignore it
+        "fov_policy": _f("choice", "fixed", "where the FOV moves within a training patch: fixed (the centre, "
+                         "then one delta along each axis both ways where the object map reaches "
+                         "ffn.move_threshold) or max_pred_moves (inference's face-maximum rule)",
+                         choices=("fixed", "max_pred_moves")),
+        "fov_moves": _f("int", 1, "the training patch is the FOV plus this many deltas each way", minimum=1),
+        "max_moves": _f("int", None, "max_pred_moves: at most this many FOVs per example (default: until no "
+                        "move is left inside the patch)", optional=True, minimum=1),
+        "move_threshold": _f("float", 0.9, "object-map probability a move's target must reach (also stored "
+                             "for inference)"),
+        "shuffle_moves": _f("bool", True, "fixed policy: the shifts in a random order per example"),
+        "seed_pad": _f("float", 0.05, "initial object-map probability away from the seed"),
+        "seed_value": _f("float", 0.95, "initial object-map probability at the seed (patch centre)"),
+        "label_softening": _f("float", 0.05, "soft targets: 1 - this on the seed's object, this elsewhere"),
+        "partition_thresholds": _f("floats", [0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+                                   "bins of each voxel's same-object fraction around it; centres are "
+                                   "drawn equally from every bin"),
+        "lom_radius_zyx": _f("int3", None, "radius of the box that fraction counts in (default: half the "
+                             "FOV plus the deltas)", optional=True),
+        "min_object_size": _f("int", 1000, "objects with fewer voxels give no centres", minimum=0),
+        "permute": _f("bool", True, "swap axes with equal FOV, deltas and voxel size at random"),
+        "reflect": _f("bool", True, "reflect every axis at random"),
+        "image_mean": _f("float", None, "image normalisation mean in raw units (default: 128 for uint8 as "
+                         "google/ffn, else fitted)", optional=True),
+        "image_std": _f("float", None, "image normalisation std in raw units (default: 33 for uint8)",
+                        optional=True),
+        "grad_clip": _f("float", 1.0, "gradient-norm clip for FFN training when optim.grad_clip is 0 "
+                        "(0 = off)", minimum=0.0),
+        "val_examples": _f("int", 16, "validation examples drawn from the held-out regions (fixed set)",
+                           minimum=1),
     },
 }
 
