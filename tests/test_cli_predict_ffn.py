@@ -243,3 +243,22 @@ def test_combined_options_bad_input(data, tmp_path, extra, message):
     result = predict(data["ckpt"], f"{data['root']}/raw.h5:/raw", "-o", tmp_path / "seg.h5", *extra)
     assert result.returncode != 0 and message in result.output, result.output
     assert not (tmp_path / "seg.h5").exists()
+
+
+def test_chunks_shared_by_two_torchrun_ranks_equal_one_process(data, tmp_path):
+    import sys
+
+    args = [data["ckpt"], f"{data['root']}/raw.h5:/raw", "--seeds", data["root"] / "seeds.txt", "--min-size", 20,
+            "--chunk", "14,20,20", "--halo", "0,9,9", "--threads", 1]
+    alone = predict(*args, "-o", tmp_path / "alone.h5", "--work", tmp_path / "alone.work", "-q")
+    assert alone.returncode == 0, alone.output
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "emtools.cli.predict", *map(str, args), "-o", str(tmp_path / "ranks.h5"),
+                           "--work", str(tmp_path / "ranks.work")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(tmp_path / "ranks.h5")  # rank 0 writes (and prints) the labels
+    assert "rank done: 2 chunks segmented" in done.stderr
+    np.testing.assert_array_equal(io.read_volume(str(tmp_path / "ranks.h5"))[0],
+                                  io.read_volume(str(tmp_path / "alone.h5"))[0])

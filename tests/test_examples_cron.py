@@ -83,10 +83,19 @@ def _cron(workdir, *args, **kwargs):
                           env=_env(), timeout=120, **kwargs)
 
 
+def _default_signals() -> None:
+    # A test run started in the background of a non-interactive shell (`make test &`) inherits
+    # SIGINT ignored, and bash cannot trap a signal ignored on entry: em-cron starts as cron or a
+    # terminal would start it, with SIGINT and SIGTERM at their defaults.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _start(workdir, *args):
     """em-cron in the background, as the leader of a process group of its own (as under cron)."""
     return subprocess.Popen([str(EM_CRON), "-C", str(workdir), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True,
+                            preexec_fn=_default_signals)
 
 
 def _ran(workdir):
