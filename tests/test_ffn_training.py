@@ -13,7 +13,7 @@ from conftest import assert_one_line_error
 
 from emtools import io
 from emtools.ffn.examples import Example, ExampleSettings, ExampleSource
-from emtools.ffn.training import FovPolicy, Slots, fov_batch, grow_examples, write_back
+from emtools.ffn.flights import FovPolicy, Slots, fov_batch, grow_examples, write_back
 from emtools.meta import Metadata
 from emtools.models.checkpoint import load_model, read_checkpoint
 from emtools.synth import make_synthetic_volume

@@ -7,7 +7,8 @@ move is left; the voxels the object map holds become one segment.
 
 - :mod:`emtools.ffn.movement`: the movement rule shared by training and inference.
 - :mod:`emtools.ffn.examples`: training examples (partitions, centre sampling, soft targets).
-- :mod:`emtools.ffn.training`: ``em-train model=ffn`` (FOV movement during training).
+- :mod:`emtools.ffn.flights`, :mod:`emtools.ffn.training`: ``em-train model=ffn`` (examples in flight,
+  FOV movement during training).
 - :mod:`emtools.ffn.seeds`, :mod:`emtools.ffn.inference`: seed policies and the flood-fill canvas
   behind ``em-predict FFN.pt``.
 - :mod:`emtools.ffn.consensus`, :mod:`emtools.ffn.chunked`: oversegmentation consensus and large
