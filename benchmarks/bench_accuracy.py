@@ -31,7 +31,8 @@ em-agglomerate and em-eval. The last checkpoint (last.pt) is always scored: vali
     sections (em-eval --mode sections) and
     em-eval's VOI of the stack. The ground truth is the connected components of each section's
     cell interior.
-(5) lucchi: mitochondria on Lucchi++ (FIB-SEM, 5 nm), MITO_CONFIG, train z 0-109, score z 110-164:
+(5) lucchi: mitochondria on Lucchi++ (FIB-SEM, 5 nm), MITO_CONFIG (its model works at 10 nm) and
+    the same config at the data's 5 nm (the previous recipe), train z 0-109, score z 110-164 at 5 nm:
     em-predict the foreground head; em-eval --mode semantic --threshold MITO_THRESHOLD (IoU,
     Dice); instances by em-watershed --instance bc when the model has a contour head, else 3D
     connected components of the thresholded foreground, scored by em-eval --mode instance
@@ -448,8 +449,6 @@ def bench_vnc(out: Path, args) -> dict:
 # ----------------------------------------------------------------------------- (5) lucchi
 
 def bench_lucchi(out: Path, args) -> dict:
-    from emtools import io
-    from emtools.meta import Metadata
     from emtools.train.data import label_components
 
     # --quick: a corner with mitochondria in it (14% foreground)
@@ -463,16 +462,44 @@ def bench_lucchi(out: Path, args) -> dict:
                             transform=lambda m: label_components(m, "3d"))
     volume = [f"data.volumes.0.image={LUCCHI / 'image'}", f"data.volumes.0.labels={LUCCHI / 'label'}",
               "data.volumes.0.voxel_size_nm=5,5,5", "data.volumes.0.val_region=110:165,:,:"]
-    record = {"label": args.mito_config, "command": ["--config", args.mito_config]}
-    say(f"lucchi: --config {args.mito_config}")
+    # the recipe, and beside it the same config at the data's own 5 nm (the previous recipe)
+    variants = [(args.mito_config, []), ("the same at 5 nm", ["data.model_voxel_size_nm=5,5,5"])]
+    records = []
+    for index, (label, extra) in enumerate(variants):
+        records.append(lucchi_run(label, ["--config", args.mito_config, *volume, *extra], out / f"run{index}",
+                                  out / f"predict{index}", image, mask, instances, args))
+    print(f"\n(5) Lucchi++ mitochondria (FIB-SEM, 5 nm), trained on z 0-109; held out and scored: {describe(held)}")
+    print(f"foreground > {MITO_THRESHOLD}: voxel IoU and Dice (em-eval --mode semantic); instances: "
+          f"{records[0].get('instances_by', '-')}, AP at IoU 0.5 / 0.75 (em-eval --mode instance)")
+    print(f"{'config':<28} {'steps':>5} {'train min':>9} {'pred s':>7} {'Mvox/s':>7} {'seg s':>6} {'IoU':>6} "
+          f"{'Dice':>6} {'AP50':>6} {'AP75':>6} {'objects gt/pred':>15}")
+    for record in records:
+        if "instance" not in record:
+            print(f"{record['label']:<28} FAILED: {record.get('failed')}"[:220])
+            continue
+        s, i = record["semantic"], record["instance"]
+        print(f"{record['label']:<28} {record['steps']:>5} {record['train_s'] / 60:>9.1f} {record['predict_s']:>7.1f} "
+              f"{record['mvoxel_s']:>7.3f} {record['segment_s']:>6.1f} {s['iou']:>6.3f} {s['dice']:>6.3f} "
+              f"{i['ap_50']:>6.3f} {i['ap_75']:>6.3f} {str(i['gt_objects']) + '/' + str(i['pred_objects']):>15}")
+    return {"held_out": describe(held), "runs": records}
+
+
+def lucchi_run(label: str, command: list, run: Path, predictions: Path, image: str, mask: str, instances: str,
+               args) -> dict:
+    """Train one mitochondria variant, predict the held-out block, score the foreground and the instances."""
+    from emtools import io
+    from emtools.meta import Metadata
+    from emtools.train.data import label_components
+
+    record = {"label": label, "command": command}
+    say(f"lucchi: {label}")
     try:
-        record.update(train(["--config", args.mito_config, *volume], out / "run", args.budget_min * 60, args.steps,
-                            args.quick))
+        record.update(train(command, run, args.budget_min * 60, args.steps, args.quick))
         heads, _ = checkpoint_info(Path(record["checkpoint"]))
         foreground, contour = head_of(heads, "foreground"), head_of(heads, "contour")
         if foreground is None:
             raise StageFailed("bench", f"the model has no foreground head ({', '.join(heads)})")
-        folder = fresh(out / "predict")
+        folder = fresh(predictions)
         wanted = ",".join(h for h in (foreground, contour) if h)
         record.update(predict(record["checkpoint"], image, wanted, f"{folder}/{{head}}.h5:/prob"))
         fg = f"{folder}/{foreground}.h5:/prob"
@@ -496,19 +523,7 @@ def bench_lucchi(out: Path, args) -> dict:
     except StageFailed as failed:
         record["failed"] = str(failed)
         say(f"lucchi: FAILED: {failed}")
-    print(f"\n(5) Lucchi++ mitochondria (FIB-SEM, 5 nm), trained on z 0-109; held out and scored: {describe(held)}")
-    print(f"foreground > {MITO_THRESHOLD}: voxel IoU and Dice (em-eval --mode semantic); instances: "
-          f"{record.get('instances_by', '-')}, AP at IoU 0.5 / 0.75 (em-eval --mode instance)")
-    print(f"{'config':<28} {'steps':>5} {'train min':>9} {'pred s':>7} {'Mvox/s':>7} {'seg s':>6} {'IoU':>6} "
-          f"{'Dice':>6} {'AP50':>6} {'AP75':>6} {'objects gt/pred':>15}")
-    if "instance" not in record:
-        print(f"{record['label']:<28} FAILED: {record.get('failed')}"[:220])
-    else:
-        s, i = record["semantic"], record["instance"]
-        print(f"{record['label']:<28} {record['steps']:>5} {record['train_s'] / 60:>9.1f} {record['predict_s']:>7.1f} "
-              f"{record['mvoxel_s']:>7.3f} {record['segment_s']:>6.1f} {s['iou']:>6.3f} {s['dice']:>6.3f} "
-              f"{i['ap_50']:>6.3f} {i['ap_75']:>6.3f} {str(i['gt_objects']) + '/' + str(i['pred_objects']):>15}")
-    return {"held_out": describe(held), "run": record}
+    return record
 
 
 # ----------------------------------------------------------------------------- summary and main
@@ -522,7 +537,7 @@ def summary(results: dict) -> None:
         if "skipped" in r:
             print(f"{part:<7} skipped: {r['skipped']}")
             continue
-        runs = r["variants"].values() if "variants" in r else [r["run"]]
+        runs = r["variants"].values() if "variants" in r else r.get("runs", [r.get("run")])
         for run in runs:
             if "failed" in run and not run.get("rows") and not run.get("settings") and "instance" not in run:
                 print(f"{part:<7} {run['label']:<34} FAILED: {run['failed']}"[:200])

@@ -260,7 +260,64 @@ def test_voxel_size_mismatch_needs_force(tmp_path, data):
                           "--force")
     assert not out.exists()
     result = predict(data["ckpt"], raw, "--heads", "foreground", "-o", out, "--force", "--overlap", "0")
-    assert result.returncode == 0 and "(--force)" in result.stderr and out.exists()
+    assert result.returncode == 0 and "(--force: predicting at the input's voxel size)" in result.stderr and out.exists()
+
+
+def test_finer_input_is_averaged_to_the_model_voxel_size_and_interpolated_back(tmp_path, data):
+    """A model trained at 40,8,8 nm on a 40,4,4 nm input: the maps have the input's shape and equal
+    em-predict on the averaged input followed by linear interpolation (emtools.resample), whether
+    the volume goes in one block, in several, or as chunks from em-tile split."""
+    from emtools import resample
+    from emtools.tiling.geometry import Box
+
+    ckpt = _checkpoint(tmp_path / "coarse.pt", {"voxel_size_nm": [40, 8, 8]})
+    fine = predict(ckpt, data["raw"], "-o", tmp_path / "fine_{head}.h5", *WINDOW)
+    assert fine.returncode == 0, fine.output
+    small = predict(ckpt, data["raw"], "-o", tmp_path / "blocks_{head}.h5", "--block", "4,20,28", *WINDOW)
+    assert small.returncode == 0, small.output
+    averaged = resample.downsample_mean(data["image"], (1, 2, 2))  # 8x36x36, float32 0..255
+    coarse_raw = f"{tmp_path / 'coarse_raw.h5'}:/image"
+    io.write_volume(coarse_raw, averaged, Metadata(voxel_size_nm=(40, 8, 8), offset_nm=(80.0, 40.0, 0.0)))
+    coarse = predict(ckpt, coarse_raw, "-o", tmp_path / "coarse_{head}.h5", *WINDOW)
+    assert coarse.returncode == 0, coarse.output
+    # the halo must hold the model's context in model voxels (and one for the interpolation), in input voxels
+    short = tile("split", data["raw"], "--chunk", "8,36,36", "--halo", "0,20,20", "-o", tmp_path / "short", "-q")
+    warned = predict(ckpt, short.stdout.split()[0], "-o", f"{tmp_path}/short_pred/", *WINDOW[:-1])
+    assert warned.returncode == 0 and "is below the context of the model" in warned.stderr, warned.stderr
+    split = tile("split", data["raw"], "--chunk", "8,24,72", "--halo", "0,36,0", "-o", tmp_path / "chunks", "-q")
+    assert split.returncode == 0, split.output
+    pieces = predict(ckpt, *split.stdout.split(), "-o", f"{tmp_path}/pred/", *WINDOW[:-1])
+    assert pieces.returncode == 0 and "below the context" not in pieces.stderr, pieces.output
+    for name in ("affinity", "foreground"):
+        values, meta = io.read_volume(str(tmp_path / f"fine_{name}.h5"))
+        assert values.shape[-3:] == data["image"].shape and meta.voxel_size_nm == VOXEL
+        assert meta.provenance[-1]["params"]["averaged_zyx"] == [1, 2, 2]
+        low, _ = io.read_volume(str(tmp_path / f"coarse_{name}.h5"))
+        box = Box.from_shape(low.shape[-3:])
+        expected = resample.upsample_linear(low if low.ndim == 4 else low[None], box, (1, 2, 2),
+                                            Box.from_shape(data["image"].shape))
+        np.testing.assert_allclose(values if values.ndim == 4 else values[None], expected, atol=2e-5)
+        blocks, _ = io.read_volume(str(tmp_path / f"blocks_{name}.h5"))
+        assert np.abs(blocks - values).max() < 1e-5
+        mine = [p for p in pieces.stdout.split() if p.endswith(f"_{name}.h5")]
+        merged = tile("merge", *mine, "--blend", "none", "-o", tmp_path / f"merged_{name}.h5", "-q")
+        assert merged.returncode == 0, merged.output
+        assert np.abs(io.read_volume(str(tmp_path / f"merged_{name}.h5"))[0] - values).max() < 1e-5
+    # two torchrun ranks share the blocks of the volume; rank 0 writes the same maps
+    ranked = _torchrun(ckpt, data["raw"], "-o", tmp_path / "ranks_{head}.h5", "--block", "8,36,36", *WINDOW)
+    assert ranked.returncode == 0, ranked.stderr
+    for name in ("affinity", "foreground"):
+        assert np.abs(io.read_volume(str(tmp_path / f"ranks_{name}.h5"))[0]
+                      - io.read_volume(str(tmp_path / f"fine_{name}.h5"))[0]).max() < 1e-5
+    # a ratio that is not a whole number stays an error; --force predicts at the input's voxel size
+    odd = str(tmp_path / "odd.h5")
+    io.write_volume(odd, data["image"][:4, :24, :24], Metadata(voxel_size_nm=(40, 3, 3)))
+    result = predict(ckpt, odd, "--heads", "foreground", "-o", tmp_path / "odd_p.h5")
+    assert_one_line_error(result, "predict", "voxel size 40,3,3 nm of", "is not finer by whole numbers")
+    assert not (tmp_path / "odd_p.h5").exists()
+    forced = predict(ckpt, data["raw"], "--heads", "foreground", "-o", tmp_path / "forced.h5", "--force", *WINDOW)
+    assert forced.returncode == 0 and "(--force: predicting at the input's voxel size)" in forced.stderr
+    assert "averaged_zyx" not in io.read_volume(str(tmp_path / "forced.h5"))[1].provenance[-1]["params"]
 
 
 def _bad_checkpoints(folder, good):

@@ -181,6 +181,9 @@ BAD_CHUNKING = [
     (["--chunk", "2,4,4", "--halo", "0,0,-1"], "halo must be zero or positive, got -1 along x"),
     (["--chunk", "2,4,4", "--halo", "10,0,0"], "halo 10 along z is not smaller than the volume (10 voxels)"),
     (["--chunk", "2,4,4", "--voxel-size", "0,4,4"], "--voxel-size 0.0,4.0,4.0 has zero or negative values"),
+    # two chunks whose halos reach both ends of the volume would overwrite one file
+    (["--chunk", "5,40,50", "--halo", "5,0,0"], "the chunks responsible for 1:6,0:40,0:50 and 6:11,0:40,0:50 would both "
+     "hold 1:11,0:40,0:50 (the halo 5,0,0 reaches across whole chunks of this volume)"),
 ]
 
 

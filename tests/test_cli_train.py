@@ -115,6 +115,7 @@ def _mismatched(tmp_path, specs):
     ("fp16", ["train.precision=fp16"], ["fp16 needs a GPU"]),
     ("cuda", ["train.device=cuda"], ["no CUDA device"]),
     ("val", ["data.volumes.0.val_region=all"], ["nothing to train on"]),
+    ("model voxel", ["data.model_voxel_size_nm=40,6,6"], ["has voxel size 40,4,4 nm: 40,6,6 nm is not a whole multiple"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, specs, case, args, fragments):
     _mismatched(tmp_path, specs)
@@ -321,6 +322,25 @@ def test_init_force_accepts_another_voxel_size(tmp_path, specs):
                    "train.steps=1", "train.threads=1", "validation.every=0", "-o", tmp_path / "run")
     assert result.returncode == 0, result.output
     assert "trained at 40,4,4 nm, the data is 40,8,8 nm (--force)" in result.stderr
+
+
+def test_a_model_at_a_coarser_voxel_size_trains_and_predicts_at_the_data_s(tmp_path, specs):
+    """data.model_voxel_size_nm=40,8,8 on 40,4,4 nm data: the checkpoint says 40,8,8 nm and em-predict
+    on the 4 nm image writes maps of the image's shape (averaged in, interpolated back)."""
+    run = tmp_path / "run"
+    result = train(*data_args(specs), *TINY, "data.model_voxel_size_nm=40,8,8", "data.patch_zyx=4,16,16",
+                   "model.heads=foreground:1", "targets.foreground.kind=foreground", "train.steps=2",
+                   "validation.every=2", "-o", run)
+    assert result.returncode == 0, result.output
+    assert "averaged 1x2x2 down to 40,8,8 nm (10x24x24 voxels)" in result.stderr
+    _, _, extra = load_model(str(run / "last.pt"))
+    assert extra["voxel_size_nm"] == [40, 8, 8] and extra["input_size_zyx"] == [4, 16, 16]
+    out = tmp_path / "fg.h5"
+    predicted = run_tool("predict", run / "last.pt", specs["image"], "-o", out)
+    assert predicted.returncode == 0, predicted.stderr
+    values, meta = io.read_volume(str(out))
+    assert values.shape == (10, 48, 48) and meta.voxel_size_nm == (40, 4, 4)
+    assert "blocks of 1x2x2 input voxels are averaged" in predicted.stderr
 
 
 @pytest.mark.parametrize("example", ["train_isbi.yaml", "train_gala.yaml", "fibsem_pretrain.yaml",

@@ -17,7 +17,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "emtools"
 TORCH_FREE = ("emtools.segment", "emtools.evaluate", "emtools.io", "emtools.tiling", "emtools.values",
-              "emtools.meta", "emtools.errors", "emtools.logs", "emtools.native", "emtools.pictures")
+              "emtools.meta", "emtools.errors", "emtools.logs", "emtools.native", "emtools.pictures",
+              "emtools.resample")
 
 
 def _modules() -> dict[str, Path]:

@@ -173,3 +173,22 @@ def test_compile_failure_falls_back_with_a_warning(monkeypatch, caplog):
     assert np.allclose(out["distance"][0], np.tanh(image), atol=1e-6)
     assert [r.getMessage() for r in caplog.records] == [
         "torch.compile failed (no compiler here); running the model uncompiled"]
+
+
+def test_predict_volume_at_a_coarser_voxel_size():
+    """averaged_zyx: the image (mirrored to whole blocks) averaged down, predicted, and the maps
+    interpolated back to the image's shape."""
+    from emtools import resample
+
+    spec, model = _model("rsunet")
+    image = np.random.default_rng(5).standard_normal((4, 27, 30)).astype(np.float32)
+    heads = default_heads(spec.heads)
+    kwargs = dict(patch_zyx=(4, 16, 16), overlap=("fraction", (0.0, 0.5, 0.5)))
+    got = predict_volume(model, image, heads, averaged_zyx=(1, 2, 2), **kwargs)
+    fine = Box.from_shape(image.shape)
+    coarse = resample.coarse_box(fine, (1, 2, 2))  # 4x14x15: y 27 is mirrored to 28
+    padded = read_padded(lambda part: image[fine.local(part)], resample.fine_box(coarse, (1, 2, 2)), fine)
+    low = predict_volume(model, resample.downsample_mean(padded, (1, 2, 2)), heads, **kwargs)
+    for name, values in low.items():
+        assert got[name].shape == (values.shape[0], *image.shape)
+        np.testing.assert_array_equal(got[name], resample.upsample_linear(values, coarse, (1, 2, 2), fine))

@@ -131,3 +131,31 @@ def test_read_volume_checks_shapes_voxel_sizes_and_dtypes(tmp_path):
         data.read_volume(_entry(image=f"{tmp_path}/im.h5:/im", labels=f"{tmp_path}/fine.h5:/gt"), 0)
     with pytest.raises(EmError, match="labels must be integers"):
         data.read_volume(_entry(image=f"{tmp_path}/im.h5:/im", labels=f"{tmp_path}/float.h5:/gt"), 0)
+
+
+def test_volumes_are_averaged_down_to_the_model_voxel_size(tmp_path, caplog):
+    """data.model_voxel_size_nm: 5 nm volumes at 10,10,10 nm and 10 nm ones as they are; the image
+    averaged (and rounded back to uint8), labels by block majority, the held-out region grown to
+    every coarse voxel it touches, a remainder dropped; a ratio that is not whole is one error."""
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (9, 20, 22), dtype=np.uint8)
+    labels = np.zeros((9, 20, 22), np.uint32)
+    labels[:, :, 11:] = 5
+    io.write_volume(f"{tmp_path}/im.h5:/im", image, Metadata(voxel_size_nm=(5, 5, 5)))
+    io.write_volume(f"{tmp_path}/gt.h5:/gt", labels, Metadata(voxel_size_nm=(5, 5, 5)))
+    io.write_volume(f"{tmp_path}/c.h5:/im", image[:4, :10, :11], Metadata(voxel_size_nm=(10, 10, 10)))
+    io.write_volume(f"{tmp_path}/cgt.h5:/gt", labels[:4, :10, :11], Metadata(voxel_size_nm=(10, 10, 10)))
+    entries = [_entry(image=f"{tmp_path}/im.h5:/im", labels=f"{tmp_path}/gt.h5:/gt", val_region="5:9,:,:"),
+               _entry(image=f"{tmp_path}/c.h5:/im", labels=f"{tmp_path}/cgt.h5:/gt")]
+    with caplog.at_level(logging.INFO, logger="emtools"):
+        fine, coarse = data.read_volumes(entries, (10, 10, 10))
+    assert "averaged 2x2x2 down to 10,10,10 nm (4x10x11 voxels)" in caplog.text
+    assert fine.voxel_size_nm == coarse.voxel_size_nm == (10, 10, 10) and fine.shape_zyx == (4, 10, 11)
+    expected = np.rint(image[:8].reshape(4, 2, 10, 2, 11, 2).astype(np.float64).mean((1, 3, 5)))
+    assert fine.image.dtype == np.uint8 and np.array_equal(fine.image, expected.astype(np.uint8))
+    assert fine.labels.dtype == np.uint64 and set(np.unique(fine.labels[:, :, :5])) == {0}
+    assert set(np.unique(fine.labels[:, :, 6:])) == {5}  # x 11 sits in coarse voxel 5 with x 10: a tie, 0 wins
+    assert fine.val_box == Box((2, 0, 0), (4, 10, 11))  # z 5:9 touches coarse z 2 and 3
+    assert coarse.image is not None and np.array_equal(coarse.image, image[:4, :10, :11])
+    with pytest.raises(EmError, match="has voxel size 5,5,5 nm: 12,10,10 nm is not a whole multiple"):
+        data.read_volumes(entries[:1], (12, 10, 10))

@@ -10,7 +10,7 @@ import time
 import click
 import numpy as np
 
-from emtools import io
+from emtools import io, resample
 from emtools.cli import predict_ffn
 from emtools.cli.common import (
     FLOAT_TRIPLE,
@@ -65,7 +65,11 @@ is global: with a halo of at least the context the model sees (logged with -v), 
 predictions equal a whole-volume prediction (the default patch is chosen for the whole volume
 and the default --memory is the same everywhere, so every chunk gets the same patch).
 Under torchrun, chunks are shared out across ranks (cuda:LOCAL_RANK each, or the CPU); a single volume's blocks are shared out and rank 0
-writes. The input's voxel size must match the training voxel size (--force overrides).
+writes. The input's voxel size must match the training voxel size, or be finer by whole numbers
+(a model trained at 10 nm on a 5 nm input): then each 2x2x2 block of the input is averaged, the
+model runs at its own voxel size and the maps are interpolated (linearly) back onto the input's
+voxels, so the maps have the input's shape (em-train data.model_voxel_size_nm trains such a
+model). --force predicts at the input's own voxel size whatever the model's.
 
 -o is a template: {name} (the input file name without suffix) is needed for several inputs,
 {head} for several heads; a folder means FOLDER/{name}_{head}.h5. Paths written go to stdout.
@@ -152,7 +156,9 @@ Examples:
               help="Input normalisation (x*SCALE-MEAN)/STD, for checkpoints without one (or to override it).")
 @click.option("--voxel-size", "voxel_size_nm", type=FLOAT_TRIPLE, default=None,
               help="Voxel size z,y,x in nm of the inputs (overrides the files').")
-@click.option("--force", is_flag=True, help="Predict even when the voxel size differs from (or lacks) the training one.")
+@click.option("--force", is_flag=True,
+              help="Predict at the input's own voxel size even when it differs from (or lacks) the training one "
+                   "(no averaging to a coarser model voxel size).")
 @click.option("--compression", default="gzip", show_default=True, help="gzip[:LEVEL], lzf (HDF5 only) or none.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose outputs all exist (resume a batch).")
 @click.option("--preview", default=None, metavar="FILE.png",
@@ -303,13 +309,13 @@ def _choose_patch(model: LoadedModel, jobs: list, crop: str, overlap_spec, block
     its whole volume, so all chunks of a volume get the patch of a whole-volume run."""
     from emtools.predict import autopatch
 
-    def volume_shape(job: Job) -> tuple:
+    def volume_shape(job: Job) -> tuple:  # at the model's voxel size, like the patch
         volume = volume_box(job.meta.attrs)
-        return job.box.shape if volume is None else volume.shape
+        return resample.coarse_box(job.box if volume is None else volume, job.scale_zyx).shape
 
     return autopatch.choose_for_inputs(
         model.module, model.spec, model.patch_zyx, (model.rf_lo, model.rf_hi), sum(len(s.channels) for s in model.selection),
-        crop, overlap_spec, block_zyx, batch, [j.box.shape for j in jobs], [volume_shape(j) for j in jobs],
+        crop, overlap_spec, block_zyx, batch, [j.model_box.shape for j in jobs], [volume_shape(j) for j in jobs],
         budget, label, square_yx=tta > 4)
 
 
@@ -322,6 +328,16 @@ class Job:
     box: Box  # global voxels
     dtype: np.dtype
     anchor_zyx: tuple  # where the patch grid starts: the whole volume's first voxel
+    scale_zyx: tuple = resample.ONE  # input voxels per model voxel (a model trained at a coarser voxel size)
+
+    @property
+    def model_box(self) -> Box:
+        """The input's box in the model's voxels (global; clamps the interpolation back)."""
+        return resample.coarse_box(self.box, self.scale_zyx)
+
+    @property
+    def model_anchor_zyx(self) -> tuple:
+        return tuple(a // s for a, s in zip(self.anchor_zyx, self.scale_zyx))
 
 
 @dataclasses.dataclass
@@ -349,6 +365,7 @@ def _inspect(spec: str, model: LoadedModel, voxel_size_nm, force: bool) -> Job:
         raise EmError(f"{spec} is {dtype}; images must be integers or floats")
     voxel = meta.voxel_size_nm
     train = model.voxel_size_nm
+    scale = resample.ONE
     if train is None:
         if not force:
             raise EmError(f"{model.path} does not record its training voxel size; pass --force to predict anyway")
@@ -356,15 +373,22 @@ def _inspect(spec: str, model: LoadedModel, voxel_size_nm, force: bool) -> Job:
     elif any(abs(a - b) > 1e-3 * max(abs(b), 1e-9) for a, b in zip(voxel, train)):
         text = (f"voxel size {_fmt(voxel)} nm of {spec} differs from the training voxel size {_fmt(train)} nm "
                 f"of {model.path}")
-        if not force:
-            raise EmError(f"{text}; resample the input, set --voxel-size if the file is wrong, or --force")
-        log.warning("%s (--force)", text)
+        finer = resample.factors(voxel, train)
+        if force:
+            log.warning("%s (--force: predicting at the input's voxel size)", text)
+        elif finer is not None:
+            scale = finer
+            log.info("%s: the model works at %s nm: blocks of %s input voxels are averaged, the maps interpolated "
+                     "back", spec, _fmt(train), "x".join(map(str, scale)))
+        else:
+            raise EmError(f"{text} (and is not finer by whole numbers); resample the input, set --voxel-size if the "
+                          "file is wrong, or --force")
     if dtype.kind in "ub" and abs(dtype_scale(dtype) - model.normalization["scale"]) > 1e-6 * dtype_scale(dtype):
         log.warning("%s is %s but the model's normalisation scales by %g (trained on another type?)",
                     spec, dtype, model.normalization["scale"])
     attrs = meta.attrs
     anchor = tuple(attrs["volume_begin_vx"]) if "volume_begin_vx" in attrs else box.begin
-    return Job(spec, meta, box, dtype, tuple(int(a) for a in anchor))
+    return Job(spec, meta, box, dtype, tuple(int(a) for a in anchor), scale)
 
 
 def _fmt(values) -> str:
@@ -439,11 +463,15 @@ def _warn_context(jobs: list[Job], grid, model: LoadedModel, auto: bool = False)
             continue
         resp = Box(attrs["responsible_begin_vx"], attrs["responsible_end_vx"])
         data = job.box
-        short = any((resp.begin[a] > volume.begin[a] and resp.begin[a] - data.begin[a] < need_lo[a]) or
-                    (resp.end[a] < volume.end[a] and data.end[a] - resp.end[a] < need_hi[a]) for a in range(3))
+        lo, hi = need_lo, need_hi
+        if job.scale_zyx != resample.ONE:  # in input voxels, with one more model voxel for the interpolation
+            lo, hi = (tuple((n + 1) * s for n, s in zip(need, job.scale_zyx)) for need in (need_lo, need_hi))
+        # a side whose data reaches the volume's border is mirrored there as the whole volume is
+        short = any((data.begin[a] > volume.begin[a] and resp.begin[a] - data.begin[a] < lo[a]) or
+                    (data.end[a] < volume.end[a] and data.end[a] - resp.end[a] < hi[a]) for a in range(3))
         if short:
             log.warning("the halo of %s is below the context of the model (%s below, %s above): its responsible "
-                        "region may differ slightly from a whole-volume prediction", job.spec, _fmt(need_lo), _fmt(need_hi))
+                        "region may differ slightly from a whole-volume prediction", job.spec, _fmt(lo), _fmt(hi))
             return
 
 
@@ -481,7 +509,8 @@ def _readable(spec: str) -> bool:
 # ----------------------------------------------------------------------------- running
 
 def _writers(job: Job, outs: dict[str, str], settings: Settings, target: Box | None = None) -> list[io.VolumeWriter]:
-    record = provenance_record(TOOL, settings.params, [(job.spec, job.meta)])
+    params = settings.params if job.scale_zyx == resample.ONE else {**settings.params, "averaged_zyx": list(job.scale_zyx)}
+    record = provenance_record(TOOL, params, [(job.spec, job.meta)])
     out_type = np.uint8 if settings.dtype == "uint8" else np.dtype(settings.dtype)
     target = target or job.box
     offset = tuple(b * v for b, v in zip(target.begin, job.meta.voxel_size_nm))
@@ -491,36 +520,61 @@ def _writers(job: Job, outs: dict[str, str], settings: Settings, target: Box | N
             for s in settings.model.selection]
 
 
-def _predict_block(source, job: Job, block: Box, predictor, settings: Settings) -> list[np.ndarray]:
-    """Encoded maps of one block, in the order of the selected heads."""
+def _plan(job: Job, target: Box, settings: Settings, grid, fit: bool = True) -> list[tuple[Box, Box]]:
+    """The blocks of ``target`` as (model voxels, input voxels) pairs: cut on the model's grid,
+    each covers the input voxels of its model voxels (the same box when the voxel sizes match)."""
+    f = job.scale_zyx
+    model_block = tuple(-(-b // s) for b, s in zip(settings.block_zyx, f))
+    blocks = windows.plan_blocks(resample.coarse_box(target, f), model_block, grid, fit=fit)
+    if f == resample.ONE:
+        return [(block, block) for block in blocks]
+    return [(block, resample.fine_box(block, f).intersect(target)) for block in blocks]
+
+
+def _predict_block(source, job: Job, blocks: tuple[Box, Box], predictor, settings: Settings) -> list[np.ndarray]:
+    """Encoded maps of one block (:func:`_plan`'s pair), in the order of the selected heads.
+
+    At a coarser model voxel size, the block grows by one model voxel each way (within the input)
+    for the interpolation back; the input is normalised, averaged, and then mirrored beyond its
+    border as a volume of the model's voxel size would be."""
     from emtools.normalize import normalize_image
 
-    need = predictor.grid.input_box(block)
+    block, out_box = blocks
+    f = job.scale_zyx
+    if f != resample.ONE:
+        block = Box(tuple(b - 1 for b in block.begin), tuple(e + 1 for e in block.end)).intersect(job.model_box)
     origin = tuple(-b for b in job.box.begin)
-    raw = windows.read_padded(lambda part: source.read(part.shift(origin)), need, job.box)
-    image = normalize_image(raw, settings.model.normalization)
+
+    def read_model_voxels(part: Box) -> np.ndarray:  # part lies in job.model_box
+        raw = windows.read_padded(lambda piece: source.read(piece.shift(origin)), resample.fine_box(part, f), job.box)
+        return resample.downsample_mean(normalize_image(raw, settings.model.normalization), f)
+
+    need = predictor.grid.input_box(block)
+    image = windows.read_padded(read_model_voxels, need, job.model_box)
     maps = predictor.predict_block(image, need, block)
     out = []
     for s in settings.model.selection:
         values = maps.pop(s.name)
+        if f != resample.ONE:
+            values = resample.upsample_linear(values, block, f, out_box, job.model_box)
         out.append(encode(values if output_axes(s) == "czyx" else values[0], settings.dtype, s.head.value_range))
     return out
 
 
 def _predict_input(job: Job, outs: dict[str, str], predictor, settings: Settings, where: str) -> list[str]:
-    predictor.grid = predictor.grid.anchored(job.anchor_zyx)
+    predictor.grid = predictor.grid.anchored(job.model_anchor_zyx)
     target = _target(job, outs)
-    blocks = windows.plan_blocks(target, settings.block_zyx, predictor.grid)
+    blocks = _plan(job, target, settings, predictor.grid)
     started, patches = time.perf_counter(), predictor.patches_done
     shift = tuple(-b for b in target.begin)
     label = f"{where}{os.path.basename(io.output_file(job.spec))}"
     beat = pace.Heartbeat(label, target.size, len(blocks))
     with io.open_volume(job.spec, voxel_size_nm=settings.voxel_size_nm) as source, \
             io.AllOrNothing(_writers(job, outs, settings, target)) as writers:
-        for block in progress(blocks, label):
-            for writer, values in zip(writers, _predict_block(source, job, block, predictor, settings)):
-                writer.write(block.shift(shift), values)
-            beat.advance(block.size)
+        for pair in progress(blocks, label):
+            for writer, values in zip(writers, _predict_block(source, job, pair, predictor, settings)):
+                writer.write(pair[1].shift(shift), values)
+            beat.advance(pair[1].size)
     _log_done(job, len(blocks), predictor, predictor.patches_done - patches, started, where)
     settings.tally.add(job.box.size, time.perf_counter() - started, predictor.patches_done - patches)
     return [w.path for w in writers]
@@ -543,37 +597,37 @@ def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Set
             for spec in outs.values():
                 emit(io.output_file(spec))
         return
-    predictor.grid = predictor.grid.anchored(job.anchor_zyx)
+    predictor.grid = predictor.grid.anchored(job.model_anchor_zyx)
     target = _target(job, outs)
     # the blocks are what the ranks share: keep --block as given (fitting could leave one block)
-    blocks = windows.plan_blocks(target, settings.block_zyx, predictor.grid, fit=False)
+    blocks = _plan(job, target, settings, predictor.grid, fit=False)
     started, patches = time.perf_counter(), predictor.patches_done
     shift = tuple(-b for b in target.begin)
     out_type = np.uint8 if settings.dtype == "uint8" else np.dtype(settings.dtype)
     with Group(ranks) as group, io.open_volume(job.spec, voxel_size_nm=settings.voxel_size_nm) as source:
         if ranks.rank != 0:
-            for index, block in enumerate(blocks):
+            for index, pair in enumerate(blocks):
                 if ranks.owner(index) == ranks.rank:
-                    for values in _predict_block(source, job, block, predictor, settings):
+                    for values in _predict_block(source, job, pair, predictor, settings):
                         group.send(values, 0)
             _log_done(job, len(ranks.mine(blocks)), predictor, predictor.patches_done - patches, started, where)
-            settings.tally.add(sum(b.size for b in ranks.mine(blocks)), time.perf_counter() - started,
+            settings.tally.add(sum(pair[1].size for pair in ranks.mine(blocks)), time.perf_counter() - started,
                                predictor.patches_done - patches)
             return
         with io.AllOrNothing(_writers(job, outs, settings, target)) as writers:
             label = f"{where}{os.path.basename(io.output_file(job.spec))}"
             beat = pace.Heartbeat(label, target.size, len(blocks))
-            for index, block in enumerate(progress(blocks, label)):
+            for index, pair in enumerate(progress(blocks, label)):
                 owner = ranks.owner(index)
                 if owner == 0:
-                    maps = _predict_block(source, job, block, predictor, settings)
+                    maps = _predict_block(source, job, pair, predictor, settings)
                 else:
-                    maps = [group.recv(output_shape(s, block.shape), out_type, owner) for s in settings.model.selection]
+                    maps = [group.recv(output_shape(s, pair[1].shape), out_type, owner) for s in settings.model.selection]
                 for writer, values in zip(writers, maps):
-                    writer.write(block.shift(shift), values)
-                beat.advance(block.size)
+                    writer.write(pair[1].shift(shift), values)
+                beat.advance(pair[1].size)
         _log_done(job, len(ranks.mine(blocks)), predictor, predictor.patches_done - patches, started, where)
-        settings.tally.add(sum(b.size for b in ranks.mine(blocks)), time.perf_counter() - started,
+        settings.tally.add(sum(pair[1].size for pair in ranks.mine(blocks)), time.perf_counter() - started,
                            predictor.patches_done - patches)
     for writer in writers:
         emit(writer.path)

@@ -21,7 +21,14 @@ from emtools.cli.common import (
 )
 from emtools.errors import EmError
 from emtools.meta import Metadata, provenance_record
-from emtools.tiling.chunk_files import chunk_path, convert_volume, inspect_chunks, merge_chunks, split_volume
+from emtools.tiling.chunk_files import (
+    chunk_path,
+    convert_volume,
+    inspect_chunks,
+    merge_chunks,
+    require_distinct_names,
+    split_volume,
+)
 from emtools.tiling.geometry import plan_chunks
 
 TOOL = "em-tile"
@@ -135,6 +142,7 @@ def split(volume, out_dir, chunk_zyx, halo_zyx, fmt, prefix, list_only, skip_exi
     with io.open_volume(volume, voxel_size_nm=voxel_size_nm, offset_nm=offset_nm) as source:
         _warn_missing_voxel_size(source, voxel_size_nm)
         chunks = plan_chunks(source.box, chunk_zyx, halo_zyx)
+        require_distinct_names(chunks, halo_zyx)
         log.info(
             "%s: %s voxels %s, %d chunks of %s (+ halo %s)",
             volume, "x".join(map(str, source.shape)), source.dtype, len(chunks),

@@ -109,7 +109,7 @@ def prepare_ffn(config: Mapping[str, Any], env: dist.Ranks | None = None) -> Pre
     if config["ffn"]["fov_policy"] == "fixed" and settings.fov_moves != 1:
         log.info("ffn.fov_policy=fixed moves one delta at most; ffn.fov_moves=%d only enlarges the patch",
                  settings.fov_moves)
-    volumes = read_volumes(config["data"]["volumes"])
+    volumes = read_volumes(config["data"]["volumes"], config["data"]["model_voxel_size_nm"])
     patch = settings.patch_zyx
     training = [v for v in volumes if not v.validation_only]
     if not training:

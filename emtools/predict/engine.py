@@ -273,11 +273,27 @@ class Predictor:
 
 def predict_volume(model: torch.nn.Module, image: np.ndarray, heads: Sequence[HeadSpec], *,
                    patch_zyx: Sequence[int], crop: tuple = ((0, 0, 0), (0, 0, 0)),
-                   overlap: tuple[str, tuple] = ("fraction", (0.5, 0.5, 0.5)), **kwargs) -> dict[str, np.ndarray]:
-    """Predict a whole normalised array ((z, y, x) or (C, z, y, x)) in memory; see :class:`Predictor`."""
+                   overlap: tuple[str, tuple] = ("fraction", (0.5, 0.5, 0.5)), averaged_zyx: Sequence[int] = (1, 1, 1),
+                   **kwargs) -> dict[str, np.ndarray]:
+    """Predict a whole normalised array ((z, y, x) or (C, z, y, x)) in memory; see :class:`Predictor`.
+
+    ``averaged_zyx``: the model works at a voxel size this many times coarser (what
+    ``em-predict`` does for a finer input): the image, mirrored to whole blocks, is averaged
+    down and the maps are interpolated back to the image's shape
+    (:func:`emtools.resample.upsample_linear`)."""
+    from emtools import resample
+
     image = np.asarray(image, dtype=np.float32)
+    fine = Box.from_shape(image.shape[-3:])
+    f = tuple(int(v) for v in averaged_zyx)
+    if f != resample.ONE:
+        whole = resample.fine_box(resample.coarse_box(fine, f), f)
+        image = resample.downsample_mean(read_padded(lambda part: image[(Ellipsis,) + fine.local(part)], whole, fine), f)
     box = Box.from_shape(image.shape[-3:])
     grid = make_grid(patch_zyx, crop, overlap)
     need = grid.input_box(box)
     padded = read_padded(lambda part: image[(Ellipsis,) + box.local(part)], need, box)
-    return Predictor(model, heads, grid, **kwargs).predict_block(padded, need, box)
+    maps = Predictor(model, heads, grid, **kwargs).predict_block(padded, need, box)
+    if f == resample.ONE:
+        return maps
+    return {name: resample.upsample_linear(values, box, f, fine) for name, values in maps.items()}

@@ -46,6 +46,18 @@ def chunk_path(out_dir: str, prefix: str, chunk: Chunk, fmt: str) -> str:
     return os.path.join(out_dir, f"{prefix}{chunk.read.name()}.{fmt}")
 
 
+def require_distinct_names(chunks: Sequence[Chunk], halo_zyx: Sequence[int]) -> None:
+    """One-line error when two chunks would hold the same data box (and so share a file name): a
+    halo that reaches across whole chunks to both ends of a small volume."""
+    seen: dict[Box, Chunk] = {}
+    for chunk in chunks:
+        other = seen.setdefault(chunk.read, chunk)
+        if other is not chunk:
+            raise EmError(f"the chunks responsible for {other.responsible.text()} and {chunk.responsible.text()} would both "
+                          f"hold {chunk.read.text()} (the halo {','.join(map(str, halo_zyx))} reaches across whole "
+                          "chunks of this volume): use a smaller --halo or a larger --chunk")
+
+
 def chunk_metadata(source_meta: Metadata, chunk: Chunk, volume: Box) -> Metadata:
     voxel = source_meta.voxel_size_nm
     attrs = dict(source_meta.attrs)
@@ -69,6 +81,7 @@ def split_volume(
     """Write one file per planned chunk; yield each path as soon as it is written (or found)."""
     volume = source.box
     chunks = plan_chunks(volume, chunk_zyx, halo_zyx)
+    require_distinct_names(chunks, halo_zyx)
     if hasattr(source, "set_cache_sections"):
         # Keep one chunk row's sections decoded so a z-ordered sweep decodes each about once.
         source.set_cache_sections(max(c.read.shape[0] for c in chunks))

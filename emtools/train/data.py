@@ -154,8 +154,9 @@ def label_components(labels: np.ndarray, mode: str) -> np.ndarray:
     return out
 
 
-def read_volume(entry: dict, index: int) -> Volume:
-    """Read and check one ``data.volumes`` entry of a resolved config."""
+def read_volume(entry: dict, index: int, model_voxel_size_nm: Sequence[float] | None = None) -> Volume:
+    """Read and check one ``data.volumes`` entry of a resolved config; with ``model_voxel_size_nm``
+    (``data.model_voxel_size_nm``), brought down to that voxel size (:func:`downsample_volume`)."""
     where = f"data.volumes.{index}"
     override = entry["voxel_size_nm"]
     spec = entry["image"]
@@ -192,8 +193,50 @@ def read_volume(entry: dict, index: int) -> Volume:
     val_box = None
     if entry["val_region"] is not None:
         val_box = region_box(entry["val_region"], image.shape, f"{where}.val_region")
-    return Volume(spec, image, labels, mask, probabilities, entry["pseudo_head"], entry["confidence"],
-                  meta.voxel_size_nm, val_box, entry["weight"])
+    volume = Volume(spec, image, labels, mask, probabilities, entry["pseudo_head"], entry["confidence"],
+                    meta.voxel_size_nm, val_box, entry["weight"])
+    if model_voxel_size_nm is not None:
+        volume = downsample_volume(volume, model_voxel_size_nm)
+    return volume
+
+
+def downsample_volume(volume: Volume, model_voxel_size_nm: Sequence[float]) -> Volume:
+    """The volume at the model's coarser voxel size (a whole multiple of its own, per axis).
+
+    The image is averaged (integer images rounded back to their type, so the normalisation's scale
+    still holds), labels and the mask take the most frequent value of each block
+    (:func:`emtools.resample.downsample_mode`), pseudo-label probabilities are averaged. A
+    remainder of less than one factor at the far end of an axis is dropped. The held-out region
+    grows to every coarse voxel that touches it, so no training crop sees a held-out voxel."""
+    from emtools import resample
+
+    f = resample.require_factors(volume.voxel_size_nm, model_voxel_size_nm, volume.name)
+    if f == resample.ONE:
+        return volume
+    shape = tuple(n // s * s for n, s in zip(volume.shape_zyx, f))
+    if any(n == 0 for n in shape):
+        raise EmError(f"{volume.name} (shape {_shape(volume.shape_zyx)}) is smaller than one voxel of "
+                      f"{_fmt_nm(model_voxel_size_nm)} nm (factors {_shape(f)})")
+    cut = tuple(slice(0, n) for n in shape)
+    image = resample.downsample_mean(volume.image[cut], f)
+    if volume.image.dtype.kind in "ui":
+        image = np.rint(image).astype(volume.image.dtype)
+    labels = None if volume.labels is None else resample.downsample_mode(volume.labels[cut], f)
+    mask = None if volume.mask is None else resample.downsample_mode(volume.mask[cut], f)
+    probabilities = None if volume.probabilities is None else \
+        resample.downsample_mean(volume.probabilities[(slice(None),) + cut], f)
+    val_box = None
+    if volume.val_box is not None:
+        coarse = resample.coarse_box(volume.val_box, f).intersect(Box.from_shape(image.shape))
+        val_box = coarse if coarse is not None else Box.from_shape(image.shape)
+    voxel = tuple(v * s for v, s in zip(volume.voxel_size_nm, f))
+    log.info("%s: averaged %s down to %s nm (%s voxels)", volume.name, _shape(f), _fmt_nm(voxel), _shape(image.shape))
+    return dataclasses.replace(volume, image=image, labels=labels, mask=mask, probabilities=probabilities,
+                               voxel_size_nm=voxel, val_box=val_box)
+
+
+def _fmt_nm(values) -> str:
+    return ",".join(f"{float(v):g}" for v in values)
 
 
 def _unit_float(values: np.ndarray, spec: str) -> np.ndarray:
@@ -209,12 +252,13 @@ def _unit_float(values: np.ndarray, spec: str) -> np.ndarray:
     return values
 
 
-def read_volumes(entries: Sequence[dict]) -> list[Volume]:
-    """Every volume of ``data.volumes``, checked against each other (one voxel size, one dtype family)."""
+def read_volumes(entries: Sequence[dict], model_voxel_size_nm: Sequence[float] | None = None) -> list[Volume]:
+    """Every volume of ``data.volumes`` (at ``model_voxel_size_nm`` when given), checked against
+    each other (one voxel size, one dtype family)."""
     if not entries:
         raise EmError("no training data: give data.volumes (image and labels), e.g. "
                       "data.volumes.0.image=raw.h5:/raw data.volumes.0.labels=gt.h5:/labels")
-    volumes = [read_volume(entry, i) for i, entry in enumerate(entries)]
+    volumes = [read_volume(entry, i, model_voxel_size_nm) for i, entry in enumerate(entries)]
     require_same_grid([(v.name, Metadata(voxel_size_nm=v.voxel_size_nm)) for v in volumes])
     scales = {dtype_scale(v.image.dtype) for v in volumes}
     if len(scales) > 1:

@@ -78,7 +78,7 @@ def prepare(config: Mapping[str, Any], env: dist.Ranks | None = None) -> Prepare
     check_input_size(spec, patch)
     heads = head_targets(config)
     check_targets(heads, (1.0, 1.0, 1.0))
-    volumes = read_volumes(config["data"]["volumes"])
+    volumes = read_volumes(config["data"]["volumes"], config["data"]["model_voxel_size_nm"])
     min_fg = check_training_data(volumes, patch, [h.kind for h in heads], config["data"]["min_foreground"])
     init = None
     if config["train"]["init_from"]:

@@ -88,6 +88,10 @@ SCHEMA: dict[str, Any] = {
                              "automatic for sparse foreground targets)", optional=True, minimum=0.0),
         "foreground_tries": _f("int", 20, "at most this many crops tried per sample", minimum=1),
         "augment": _f("augment", [], "augmentation steps: names or [name, {p: 0.5, ...}] (emtools.augment)"),
+        "model_voxel_size_nm": _f("float3", None, "train at this voxel size z,y,x (nm), a whole multiple of the "
+                                  "volumes' (e.g. 10,10,10 from 5 nm data): images are averaged down, labels take "
+                                  "each block's most frequent id; em-predict then averages finer inputs the same "
+                                  "way and interpolates the maps back", optional=True),
     },
     "targets": "targets",
     "optim": {
