@@ -50,3 +50,7 @@ def test_summary_lines():
                     "for overlap, crop and TTA), 20% of the measured peak 50.0 GFLOP/s")
     assert pace.summary(2_000_000, 4.0, flops=4e10, model_flops_per_voxel=5000.0).endswith(
         "; the share of the peak is measured on runs of 30 s or more")
+    # a model at a coarser voxel size sees 1/8 of the input's voxels: the recompute factor is per model voxel
+    averaged = pace.summary(2_000_000, 4.0, flops=4e10, model_flops_per_voxel=5000.0, model_voxels=250_000)
+    assert "(the model's 5 kFLOP/voxel x 32.00 for overlap, crop and TTA, on 1/8 of the input's voxels (averaged))" \
+        in averaged

@@ -576,7 +576,7 @@ def _predict_input(job: Job, outs: dict[str, str], predictor, settings: Settings
                 writer.write(pair[1].shift(shift), values)
             beat.advance(pair[1].size)
     _log_done(job, len(blocks), predictor, predictor.patches_done - patches, started, where)
-    settings.tally.add(job.box.size, time.perf_counter() - started, predictor.patches_done - patches)
+    settings.tally.add(job.box.size, time.perf_counter() - started, predictor.patches_done - patches, job.model_box.size)
     return [w.path for w in writers]
 
 
@@ -612,7 +612,7 @@ def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Set
                         group.send(values, 0)
             _log_done(job, len(ranks.mine(blocks)), predictor, predictor.patches_done - patches, started, where)
             settings.tally.add(sum(pair[1].size for pair in ranks.mine(blocks)), time.perf_counter() - started,
-                               predictor.patches_done - patches)
+                               predictor.patches_done - patches, sum(pair[0].size for pair in ranks.mine(blocks)))
             return
         with io.AllOrNothing(_writers(job, outs, settings, target)) as writers:
             label = f"{where}{os.path.basename(io.output_file(job.spec))}"
@@ -628,7 +628,7 @@ def _run_sharded_volume(job: Job, outs: dict[str, str], predictor, settings: Set
                 beat.advance(pair[1].size)
         _log_done(job, len(ranks.mine(blocks)), predictor, predictor.patches_done - patches, started, where)
         settings.tally.add(sum(pair[1].size for pair in ranks.mine(blocks)), time.perf_counter() - started,
-                           predictor.patches_done - patches)
+                           predictor.patches_done - patches, sum(pair[0].size for pair in ranks.mine(blocks)))
     for writer in writers:
         emit(writer.path)
 

@@ -68,17 +68,22 @@ def flops_per_patch_of(model, in_channels: int, patch_zyx) -> int:
 
 
 def summary(voxels: int, seconds: float, flops: float | None = None, model_flops_per_voxel: float | None = None,
-            peak_flops_per_s: float | None = None) -> str:
-    """The closing line: ``N voxels in S s: R Mvoxel/s`` and, when known, the FLOP rate and its share."""
+            peak_flops_per_s: float | None = None, model_voxels: int | None = None) -> str:
+    """The closing line: ``N voxels in S s: R Mvoxel/s`` and, when known, the FLOP rate and its share.
+
+    ``model_voxels``: how many voxels the model saw when it works at a coarser voxel size than the
+    input (averaged; :mod:`emtools.resample`); the recompute factor is per model voxel."""
     seconds = max(seconds, 1e-9)
     text = f"done: {voxels} voxels in {seconds:.1f} s, {voxels / seconds / 1e6:.3f} Mvoxel/s"
     if not flops or not voxels:
         return text
     rate = flops / seconds
     text += f"; {rate / 1e9:.2f} GFLOP/s"
+    seen = model_voxels or voxels
     if model_flops_per_voxel:
-        text += (f" (the model's {model_flops_per_voxel / 1e3:.0f} kFLOP/voxel x {flops / voxels / model_flops_per_voxel:.2f}"
-                 " for overlap, crop and TTA)")
+        text += (f" (the model's {model_flops_per_voxel / 1e3:.0f} kFLOP/voxel x {flops / seen / model_flops_per_voxel:.2f}"
+                 " for overlap, crop and TTA" + (f", on 1/{voxels / seen:.3g} of the input's voxels (averaged)"
+                                                 if seen != voxels else "") + ")")
     if peak_flops_per_s:
         return text + f", {100 * rate / peak_flops_per_s:.0f}% of the measured peak {peak_flops_per_s / 1e9:.1f} GFLOP/s"
     return text + f"; the share of the peak is measured on runs of {PEAK_MIN_RUN_S:.0f} s or more"
@@ -91,11 +96,13 @@ class Tally:
     voxels: int = 0
     seconds: float = 0.0
     patches: int = 0
+    model_voxels: int = 0  # at the model's voxel size (fewer when inputs are averaged down)
 
-    def add(self, voxels: int, seconds: float, patches: int) -> None:
+    def add(self, voxels: int, seconds: float, patches: int, model_voxels: int | None = None) -> None:
         self.voxels += int(voxels)
         self.seconds += seconds
         self.patches += int(patches)
+        self.model_voxels += int(voxels if model_voxels is None else model_voxels)
 
     def log_summary(self, flops_per_patch: int, patch_zyx, variants: int, device, prefix: str = "") -> None:
         """The closing info line (patches of ``patch_zyx``, ``variants`` TTA variants); the peak is
@@ -108,4 +115,4 @@ class Tally:
 
             peak = calibrate_peak(device).flops_per_s
         log.info("%s%s", prefix, summary(self.voxels, self.seconds, flops_per_patch * self.patches * variants,
-                                         flops_per_patch / math.prod(patch_zyx), peak))
+                                         flops_per_patch / math.prod(patch_zyx), peak, self.model_voxels))
