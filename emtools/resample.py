@@ -20,18 +20,19 @@ from typing import Sequence
 
 import numpy as np
 
-from emtools.errors import EmError
 from emtools.tiling.geometry import Box
 
-TOLERANCE = 0.02  # relative: 9.9 nm over 5 nm counts as 2
+TOLERANCE = 0.05  # relative, as em-train --init's voxel-size check: 10.4 nm over 5 nm counts as 2
 ONE = (1, 1, 1)
 
 __all__ = ["ONE", "TOLERANCE", "coarse_box", "downsample_mean", "downsample_mode", "factors", "fine_box",
-           "require_factors", "upsample_linear"]
+           "upsample_linear"]
 
 
 def factors(fine_nm: Sequence[float], coarse_nm: Sequence[float]) -> tuple[int, int, int] | None:
-    """``coarse / fine`` per axis when each is a whole number >= 1 (within :data:`TOLERANCE`), else None."""
+    """``coarse / fine`` per axis when each is a whole number >= 1 (within :data:`TOLERANCE`), else None.
+
+    Voxel sizes within the tolerance of each other give 1 (the same grid)."""
     out = []
     for fine, coarse in zip(fine_nm, coarse_nm):
         if fine <= 0 or coarse <= 0:
@@ -42,19 +43,6 @@ def factors(fine_nm: Sequence[float], coarse_nm: Sequence[float]) -> tuple[int, 
             return None
         out.append(int(whole))
     return tuple(out)  # type: ignore[return-value]
-
-
-def require_factors(fine_nm: Sequence[float], coarse_nm: Sequence[float], what: str) -> tuple[int, int, int]:
-    """:func:`factors`, or a one-line error naming ``what`` (e.g. the volume)."""
-    found = factors(fine_nm, coarse_nm)
-    if found is None:
-        raise EmError(f"{what} has voxel size {_fmt(fine_nm)} nm: {_fmt(coarse_nm)} nm is not a whole multiple of it "
-                      "along every axis (only whole-number downsampling: 2x 5 nm = 10 nm)")
-    return found
-
-
-def _fmt(values) -> str:
-    return ",".join(f"{float(v):g}" for v in values)
 
 
 def coarse_box(box: Box, f: Sequence[int]) -> Box:

@@ -115,7 +115,7 @@ def _mismatched(tmp_path, specs):
     ("fp16", ["train.precision=fp16"], ["fp16 needs a GPU"]),
     ("cuda", ["train.device=cuda"], ["no CUDA device"]),
     ("val", ["data.volumes.0.val_region=all"], ["nothing to train on"]),
-    ("model voxel", ["data.model_voxel_size_nm=40,6,6"], ["has voxel size 40,4,4 nm: 40,6,6 nm is not a whole multiple"]),
+    ("model voxel", ["data.model_voxel_size_nm=40,6,6"], ["has voxel size 40,4,4 nm: the model's 40,6,6 nm"]),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, specs, case, args, fragments):
     _mismatched(tmp_path, specs)
@@ -274,7 +274,8 @@ def test_init_fine_tunes_with_the_checkpoints_model_and_new_heads(tmp_path, spec
                                             "did you mean 'fibsem-affinity'?"]),
     ("arch", ["--init", "{base}", "model.widths=4,16"], ["another architecture (widths: [4,8] vs [4,16])"]),
     ("voxel", ["--init", "{base}", "data.volumes.0.voxel_size_nm=40,8,8"],
-     ["trained at voxel size 40,4,4 nm but the data is 40,8,8 nm", "--force"]),
+     ["has voxel size 40,8,8 nm: the model's 40,4,4 nm (data.model_voxel_size_nm; with --init the checkpoint's) "
+      "is not a whole multiple", "--force"]),
     ("resume", ["--init", "{base}", "--resume"], ["use one"]),
 ])
 def test_init_bad_input_is_one_line_and_writes_nothing(tmp_path, specs, case, args, fragments):
@@ -341,13 +342,19 @@ def test_a_model_at_a_coarser_voxel_size_trains_and_predicts_at_the_data_s(tmp_p
     values, meta = io.read_volume(str(out))
     assert values.shape == (10, 48, 48) and meta.voxel_size_nm == (40, 4, 4)
     assert "blocks of 1x2x2 input voxels are averaged" in predicted.stderr
+    # --init takes the checkpoint's voxel size as data.model_voxel_size_nm: the 4 nm data is averaged again
+    tuned = train(*data_args(specs), "--init", run / "last.pt", "train.steps=1", "train.threads=1",
+                  "validation.every=0", "-o", tmp_path / "tuned")
+    assert tuned.returncode == 0, tuned.output
+    assert "averaged 1x2x2 down to 40,8,8 nm" in tuned.stderr
+    assert load_model(str(tmp_path / "tuned" / "last.pt"))[2]["voxel_size_nm"] == [40, 8, 8]
 
 
 @pytest.mark.parametrize("example", ["train_isbi.yaml", "train_gala.yaml", "fibsem_pretrain.yaml",
                                      "fibsem_finetune.yaml", "mito_lucchi.yaml"])
 def test_example_configs_resolve_and_read_their_real_data(example, monkeypatch):
     """The example configs point at ../shared/data (relative to the project root) and pass every
-    check; the fine-tuning one with the shipped model's settings (em-train --init)."""
+    check; the fine-tuning ones with the shipped model's settings (em-train --init)."""
     from emtools.models import pretrained
     from emtools.train.config import load_config
     from emtools.train.loop import prepare
@@ -355,8 +362,9 @@ def test_example_configs_resolve_and_read_their_real_data(example, monkeypatch):
     shared_data()
     monkeypatch.chdir(ROOT)
     base = None
-    if example == "fibsem_finetune.yaml":
-        path = pretrained.resolve("fibsem-affinity")
+    init = {"fibsem_finetune.yaml": "fibsem-affinity", "mito_lucchi.yaml": "mito-fibsem"}.get(example)
+    if init is not None:
+        path = pretrained.resolve(init)
         base = pretrained.config_base(read_checkpoint(path))
         base["train"] = {"init_from": path}
     prepared = prepare(load_config(f"examples/{example}", ["train.device=cpu"], base=base))

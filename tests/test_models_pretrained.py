@@ -124,3 +124,32 @@ def test_em_predict_takes_a_shipped_model_by_its_name(tmp_path):
     affs, meta = io.read_volume(f"{tmp_path}/affs.h5:/affs")
     assert affs.shape == (3, 24, 64, 64)
     assert meta.provenance[-1]["params"]["checkpoint"] == pretrained.resolve("fibsem-affinity")
+
+
+def test_the_shipped_mitochondria_model_segments_held_out_lucchi_at_5_nm(tmp_path):
+    """mito-fibsem (10 nm) on a 5 nm block it never saw (Lucchi++ z 110-125): em-predict averages the
+    input, interpolates the maps back to 5 nm, and the foreground matches the masks (IoU 0.87 with
+    the whole block as context when it was packaged)."""
+    from click.testing import CliRunner
+
+    from conftest import shared_data
+    from emtools import io
+    from emtools.cli.predict import main
+    from emtools.meta import Metadata
+    from emtools.tiling.geometry import Box
+
+    folder = shared_data("lucchi_pp", "train")
+    box = Box((110, 256, 512), (126, 512, 768))
+    with io.open_volume(str(folder / "image"), voxel_size_nm=(5, 5, 5)) as source:
+        image = source.read(box)
+    with io.open_volume(str(folder / "label"), voxel_size_nm=(5, 5, 5)) as source:
+        mask = source.read(box) != 0
+    io.write_volume(f"{tmp_path}/raw.h5:/image", image, Metadata(voxel_size_nm=(5, 5, 5)))
+    result = CliRunner().invoke(main, ["mito-fibsem", f"{tmp_path}/raw.h5:/image", "--heads", "foreground",
+                                       "--threads", "2", "-o", f"{tmp_path}/fg.h5:/fg"])
+    assert result.exit_code == 0, result.output
+    foreground, meta = io.read_volume(f"{tmp_path}/fg.h5:/fg")
+    assert foreground.shape == image.shape and meta.voxel_size_nm == (5, 5, 5)
+    inside = foreground > 0.5
+    iou = (inside & mask).sum() / (inside | mask).sum()
+    assert 0.05 < mask.mean() and iou > 0.75, iou

@@ -157,5 +157,5 @@ def test_volumes_are_averaged_down_to_the_model_voxel_size(tmp_path, caplog):
     assert set(np.unique(fine.labels[:, :, 6:])) == {5}  # x 11 sits in coarse voxel 5 with x 10: a tie, 0 wins
     assert fine.val_box == Box((2, 0, 0), (4, 10, 11))  # z 5:9 touches coarse z 2 and 3
     assert coarse.image is not None and np.array_equal(coarse.image, image[:4, :10, :11])
-    with pytest.raises(EmError, match="has voxel size 5,5,5 nm: 12,10,10 nm is not a whole multiple"):
+    with pytest.raises(EmError, match="has voxel size 5,5,5 nm: the model's 12,10,10 nm"):
         data.read_volumes(entries[:1], (12, 10, 10))

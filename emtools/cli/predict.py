@@ -374,6 +374,8 @@ def _inspect(spec: str, model: LoadedModel, voxel_size_nm, force: bool) -> Job:
         text = (f"voxel size {_fmt(voxel)} nm of {spec} differs from the training voxel size {_fmt(train)} nm "
                 f"of {model.path}")
         finer = resample.factors(voxel, train)
+        if finer == resample.ONE:
+            finer = None  # close but not equal: still a mismatch for em-predict
         if force:
             log.warning("%s (--force: predicting at the input's voxel size)", text)
         elif finer is not None:

@@ -148,8 +148,8 @@ def _val_line(info: dict) -> str:
 @click.option("--init", "init", default=None, metavar="NAME|CHECKPOINT",
               help="Fine-tune: start from a shipped model (" + ", ".join(PRETRAINED) + ") or a "
                    "checkpoint; its model, targets and crop are the defaults (config key train.init_from).")
-@click.option("--force", is_flag=True, help="With --init: accept data whose voxel size differs from the "
-              "checkpoint's (config key train.init_force).")
+@click.option("--force", is_flag=True, help="With --init: train at the data's own voxel size even when it differs "
+              "from the checkpoint's (no averaging to it; config key train.init_force).")
 @version_option(TOOL)
 @contract(TOOL)
 def main(overrides, config_path, run_dir, resume, print_config, plot, seed, init, force):
@@ -185,7 +185,7 @@ def main(overrides, config_path, run_dir, resume, print_config, plot, seed, init
         from emtools.models.checkpoint import read_checkpoint
 
         path = pretrained.resolve(init)
-        base = pretrained.config_base(read_checkpoint(path))
+        base = pretrained.config_base(read_checkpoint(path), force=force)
         config = cfg.load_config(config_path, overrides + [f"train.init_from={path}"], base=base)
     else:
         config = cfg.load_config(config_path, overrides)

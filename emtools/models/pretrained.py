@@ -6,8 +6,9 @@ them); anything else is a checkpoint path. The run takes the checkpoint's model,
 size as its defaults (:func:`config_base`), so a config needs only the data; a config that changes
 the backbone is refused (:func:`check_compatible`), while a different set of heads is fine:
 heads present in both (same name, same channels) keep their weights and new ones start fresh
-(:func:`load_for_finetuning`). The data must have the voxel size the weights were trained at
-(:func:`check_voxel_size`; ``--force`` overrides).
+(:func:`load_for_finetuning`). The data must have the voxel size the weights were trained at, or a
+finer one that em-train averages down to it (``data.model_voxel_size_nm``, the checkpoint's voxel
+size by default; :func:`check_voxel_size`; ``--force`` trains at the data's own voxel size).
 
 Adding a shipped model: train it (its config and data in ``examples/``), then
 :func:`package` its ``last.pt`` into ``emtools/models/weights/NAME.pt`` (fp16 weights, no optimizer
@@ -49,16 +50,24 @@ def resolve(name_or_path: str) -> str:
                   f"({', '.join(PRETRAINED) or 'none'}){did_you_mean(name_or_path, PRETRAINED, otherwise='')}")
 
 
-def config_base(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """em-train config defaults from a checkpoint: its model spec, its heads' targets, its crop."""
+def config_base(payload: Mapping[str, Any], force: bool = False) -> dict[str, Any]:
+    """em-train config defaults from a checkpoint: its model spec, its heads' targets, its crop and
+    (unless ``force``: train at the data's own voxel size) its voxel size as
+    ``data.model_voxel_size_nm``, so finer data is averaged down to what the weights learned."""
     extra = payload.get("extra") or {}
     base: dict[str, Any] = {"model": saved_spec(dict(payload))}
     targets = extra.get("targets")
     if isinstance(targets, Mapping):
         base["targets"] = {name: dict(t) for name, t in targets.items()}
+    data: dict[str, Any] = {}
     size = extra.get("input_size_zyx")
     if isinstance(size, Sequence) and len(size) == 3:
-        base["data"] = {"patch_zyx": [int(v) for v in size]}
+        data["patch_zyx"] = [int(v) for v in size]
+    voxel = extra.get("voxel_size_nm")
+    if not force and isinstance(voxel, Sequence) and len(voxel) == 3:
+        data["model_voxel_size_nm"] = [float(v) for v in voxel]
+    if data:
+        base["data"] = data
     return base
 
 

@@ -210,7 +210,12 @@ def downsample_volume(volume: Volume, model_voxel_size_nm: Sequence[float]) -> V
     grows to every coarse voxel that touches it, so no training crop sees a held-out voxel."""
     from emtools import resample
 
-    f = resample.require_factors(volume.voxel_size_nm, model_voxel_size_nm, volume.name)
+    f = resample.factors(volume.voxel_size_nm, model_voxel_size_nm)
+    if f is None:
+        raise EmError(f"{volume.name} has voxel size {_fmt_nm(volume.voxel_size_nm)} nm: the model's "
+                      f"{_fmt_nm(model_voxel_size_nm)} nm (data.model_voxel_size_nm; with --init the checkpoint's) is not "
+                      "a whole multiple of it along every axis; resample the data, or with --init pass --force to "
+                      "train at the data's own voxel size")
     if f == resample.ONE:
         return volume
     shape = tuple(n // s * s for n, s in zip(volume.shape_zyx, f))

@@ -137,10 +137,10 @@ SCHEMA: dict[str, Any] = {
                        "on CPU, forward and backward, the rest on oneDNN: 6x fewer multiplies on the "
                        "coarse levels of rsunet-efficient (em-profile's winograd option measures it)"),
         "init_from": _f("str", None, "start from these weights (or --init): a checkpoint of the same network "
-                        "or a shipped name (emtools.models.pretrained); its model, targets and crop are the "
-                        "defaults; heads it lacks start fresh", optional=True),
+                        "or a shipped name (emtools.models.pretrained); its model, targets, crop and voxel size "
+                        "(data.model_voxel_size_nm) are the defaults; heads it lacks start fresh", optional=True),
         "init_force": _f("bool", False, "start from train.init_from although its voxel size differs from the "
-                         "data's (or --force)"),
+                         "data's, training at the data's own (or --force)"),
         "sync_batchnorm": _f("bool", False, "SyncBatchNorm across ranks (GPU only)"),
         "plot": _f("str", None, "write loss/metric curves to this PNG (or --plot)", optional=True),
     },

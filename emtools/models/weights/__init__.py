@@ -26,5 +26,9 @@ PRETRAINED: dict[str, Pretrained] = {
         "fibsem-affinity.pt", "isotropic FIB-SEM, 10 nm",
         "rsunet-efficient (24,48,96,96,96), nearest and long-range affinities; trained on FIB-25 "
         "z 0-99 (examples/fibsem_pretrain.yaml)"),
+    "mito-fibsem": Pretrained(
+        "mito-fibsem.pt", "isotropic FIB-SEM mitochondria, 10 nm (5 nm data is averaged 2x2x2)",
+        "rsunet-efficient (24,48,96,96,96), foreground and contour heads at 10 nm; trained on Lucchi++ "
+        "z 0-109 (examples/mito_lucchi.yaml from scratch)"),
 }
 """Name -> shipped checkpoint."""
