@@ -230,10 +230,9 @@ def downsample_volume(volume: Volume, model_voxel_size_nm: Sequence[float]) -> V
     mask = None if volume.mask is None else resample.downsample_mode(volume.mask[cut], f)
     probabilities = None if volume.probabilities is None else \
         resample.downsample_mean(volume.probabilities[(slice(None),) + cut], f)
-    val_box = None
+    val_box = None  # also when the held-out voxels all lie in the dropped remainder
     if volume.val_box is not None:
-        coarse = resample.coarse_box(volume.val_box, f).intersect(Box.from_shape(image.shape))
-        val_box = coarse if coarse is not None else Box.from_shape(image.shape)
+        val_box = resample.coarse_box(volume.val_box, f).intersect(Box.from_shape(image.shape))
     voxel = tuple(v * s for v, s in zip(volume.voxel_size_nm, f))
     log.info("%s: averaged %s down to %s nm (%s voxels)", volume.name, _shape(f), _fmt_nm(voxel), _shape(image.shape))
     return dataclasses.replace(volume, image=image, labels=labels, mask=mask, probabilities=probabilities,
