@@ -24,10 +24,10 @@ from emtools.cli.common import (
     version_option,
 )
 from emtools.errors import EmError
-from emtools.meta import Metadata, provenance_record
+from emtools.meta import provenance_record
 from emtools.models.weights import PRETRAINED
-from emtools.predict import BLENDS, OUTPUT_DTYPES, PRECISIONS, pace, windows
-from emtools.predict.loading import LoadedModel, load_for_prediction
+from emtools.predict import BLENDS, OUTPUT_DTYPES, PRECISIONS, pace, scaled, windows
+from emtools.predict.loading import Job, LoadedModel, inspect_input, load_for_prediction
 from emtools.predict.outputs import encode, output_axes, output_metadata, output_shape, output_specs
 from emtools.tiling.chunk_files import volume_box
 from emtools.tiling.geometry import Box
@@ -225,7 +225,7 @@ def main(checkpoint, inputs, output, into, patch_zyx, memory, overlap, crop, ble
     new_folder = _new_folder(output)
     _check_outputs(outputs, specs, checkpoint, new_folder)
     _check_preview(preview, outputs, specs, checkpoint, new_folder)
-    jobs = [_inspect(spec, model, voxel_size_nm, force) for spec in specs]
+    jobs = [inspect_input(spec, model, voxel_size_nm, force) for spec in specs]
     if auto:
         label = f"--memory {memory}" if memory is not None else None
         choice = _choose_patch(model, jobs, crop, overlap_spec, block_zyx, batch, tta, budget, label)
@@ -322,25 +322,6 @@ def _choose_patch(model: LoadedModel, jobs: list, crop: str, overlap_spec, block
 # ----------------------------------------------------------------------------- inputs and outputs
 
 @dataclasses.dataclass
-class Job:
-    spec: str
-    meta: Metadata
-    box: Box  # global voxels
-    dtype: np.dtype
-    anchor_zyx: tuple  # where the patch grid starts: the whole volume's first voxel
-    scale_zyx: tuple = resample.ONE  # input voxels per model voxel (a model trained at a coarser voxel size)
-
-    @property
-    def model_box(self) -> Box:
-        """The input's box in the model's voxels (global; clamps the interpolation back)."""
-        return resample.coarse_box(self.box, self.scale_zyx)
-
-    @property
-    def model_anchor_zyx(self) -> tuple:
-        return tuple(a // s for a, s in zip(self.anchor_zyx, self.scale_zyx))
-
-
-@dataclasses.dataclass
 class Settings:
     model: LoadedModel
     dtype: str
@@ -349,48 +330,6 @@ class Settings:
     voxel_size_nm: tuple | None
     params: dict
     tally: pace.Tally = dataclasses.field(default_factory=pace.Tally)  # every input of this run
-
-
-def _inspect(spec: str, model: LoadedModel, voxel_size_nm, force: bool) -> Job:
-    """Check an input's header against the model: channels, voxel size, type."""
-    from emtools.normalize import dtype_scale
-
-    with io.open_volume(spec, voxel_size_nm=voxel_size_nm) as source:
-        shape, meta, box, dtype = source.shape, source.meta, source.box, np.dtype(source.dtype)
-    channels = shape[0] if len(shape) == 4 else 1
-    want = model.spec.in_channels
-    if channels != want:
-        raise EmError(f"{spec} has {channels} channel{'s' * (channels != 1)} but the model takes {want} (in_channels)")
-    if dtype.kind not in "uif" and dtype != np.bool_:
-        raise EmError(f"{spec} is {dtype}; images must be integers or floats")
-    voxel = meta.voxel_size_nm
-    train = model.voxel_size_nm
-    scale = resample.ONE
-    if train is None:
-        if not force:
-            raise EmError(f"{model.path} does not record its training voxel size; pass --force to predict anyway")
-        log.debug("%s does not record its training voxel size; predicting %s anyway (--force)", model.path, spec)
-    elif any(abs(a - b) > 1e-3 * max(abs(b), 1e-9) for a, b in zip(voxel, train)):
-        text = (f"voxel size {_fmt(voxel)} nm of {spec} differs from the training voxel size {_fmt(train)} nm "
-                f"of {model.path}")
-        finer = resample.factors(voxel, train)
-        if finer == resample.ONE:
-            finer = None  # close but not equal: still a mismatch for em-predict
-        if force:
-            log.warning("%s (--force: predicting at the input's voxel size)", text)
-        elif finer is not None:
-            scale = finer
-            log.info("%s: the model works at %s nm: blocks of %s input voxels are averaged, the maps interpolated "
-                     "back", spec, _fmt(train), "x".join(map(str, scale)))
-        else:
-            raise EmError(f"{text} (and is not finer by whole numbers); resample the input, set --voxel-size if the "
-                          "file is wrong, or --force")
-    if dtype.kind in "ub" and abs(dtype_scale(dtype) - model.normalization["scale"]) > 1e-6 * dtype_scale(dtype):
-        log.warning("%s is %s but the model's normalisation scales by %g (trained on another type?)",
-                    spec, dtype, model.normalization["scale"])
-    attrs = meta.attrs
-    anchor = tuple(attrs["volume_begin_vx"]) if "volume_begin_vx" in attrs else box.begin
-    return Job(spec, meta, box, dtype, tuple(int(a) for a in anchor), scale)
 
 
 def _fmt(values) -> str:
@@ -523,42 +462,17 @@ def _writers(job: Job, outs: dict[str, str], settings: Settings, target: Box | N
 
 
 def _plan(job: Job, target: Box, settings: Settings, grid, fit: bool = True) -> list[tuple[Box, Box]]:
-    """The blocks of ``target`` as (model voxels, input voxels) pairs: cut on the model's grid,
-    each covers the input voxels of its model voxels (the same box when the voxel sizes match)."""
-    f = job.scale_zyx
-    model_block = tuple(-(-b // s) for b, s in zip(settings.block_zyx, f))
-    blocks = windows.plan_blocks(resample.coarse_box(target, f), model_block, grid, fit=fit)
-    if f == resample.ONE:
-        return [(block, block) for block in blocks]
-    return [(block, resample.fine_box(block, f).intersect(target)) for block in blocks]
+    return scaled.plan_pairs(target, settings.block_zyx, grid, job.scale_zyx, fit=fit)
 
 
-def _predict_block(source, job: Job, blocks: tuple[Box, Box], predictor, settings: Settings) -> list[np.ndarray]:
-    """Encoded maps of one block (:func:`_plan`'s pair), in the order of the selected heads.
-
-    At a coarser model voxel size, the block grows by one model voxel each way (within the input)
-    for the interpolation back; the input is normalised, averaged, and then mirrored beyond its
-    border as a volume of the model's voxel size would be."""
-    from emtools.normalize import normalize_image
-
-    block, out_box = blocks
-    f = job.scale_zyx
-    if f != resample.ONE:
-        block = Box(tuple(b - 1 for b in block.begin), tuple(e + 1 for e in block.end)).intersect(job.model_box)
+def _predict_block(source, job: Job, pair: tuple[Box, Box], predictor, settings: Settings) -> list[np.ndarray]:
+    """Encoded maps of one block (:func:`emtools.predict.scaled.plan_pairs`), in the order of the selected heads."""
     origin = tuple(-b for b in job.box.begin)
-
-    def read_model_voxels(part: Box) -> np.ndarray:  # part lies in job.model_box
-        raw = windows.read_padded(lambda piece: source.read(piece.shift(origin)), resample.fine_box(part, f), job.box)
-        return resample.downsample_mean(normalize_image(raw, settings.model.normalization), f)
-
-    need = predictor.grid.input_box(block)
-    image = windows.read_padded(read_model_voxels, need, job.model_box)
-    maps = predictor.predict_block(image, need, block)
+    maps = scaled.predict_pair(lambda part: source.read(part.shift(origin)), job.box, job.scale_zyx, pair, predictor,
+                               settings.model.normalization)
     out = []
     for s in settings.model.selection:
         values = maps.pop(s.name)
-        if f != resample.ONE:
-            values = resample.upsample_linear(values, block, f, out_box, job.model_box)
         out.append(encode(values if output_axes(s) == "czyx" else values[0], settings.dtype, s.head.value_range))
     return out
 

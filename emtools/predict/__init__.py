@@ -11,9 +11,11 @@ their inverses, affinity channel remapping), :mod:`.engine` (batches, heads, ble
 :mod:`.outputs` (output names, types and metadata), :mod:`.sharding` (torchrun ranks),
 :mod:`.autopatch` (the default patch: cheapest within a memory budget), :mod:`.pace` (progress
 lines without a terminal, the closing Mvoxel/s and FLOP-share line), :mod:`.loading` (a
-checkpoint with its heads, normalisation and receptive field, ready to predict).
+checkpoint with its heads, normalisation and receptive field, ready to predict, and an input's
+header checked against it), :mod:`.scaled` (blocks of a model that works at a coarser voxel size
+than its input: averaged in, interpolated back).
 They take an ``nn.Module`` and numpy arrays and do no file I/O (:mod:`.loading` reads the
-checkpoint); ``em-predict`` reads and writes.
+checkpoint and input headers); ``em-predict`` reads and writes.
 """
 
 # Choices the CLI shows without importing torch.
