@@ -289,12 +289,16 @@ def test_em_train_applies_its_config_through_it(calls, monkeypatch, tmp_path):
         assert not (tmp_path / "run2").exists()
 
 
-def test_em_predict_takes_channels_last_on_a_cpu_unless_told_otherwise():
+def test_em_predict_fuses_in_channels_last_on_a_cpu_unless_told_otherwise():
     from emtools.errors import EmError
-    from emtools.models.execution import inference_flags
+    from emtools.models.execution import inference_flags, unavailable_reason
 
-    assert inference_flags("cpu") == {"channels_last": True, "onednn": False, "winograd": False, "compile": False}
-    assert inference_flags("cuda") == {"channels_last": False, "onednn": False, "winograd": False, "compile": False}
+    onednn_here = unavailable_reason("onednn", CPU, "infer") is None  # pinned to the torch it was tested with
+    assert inference_flags("cpu") == {"fuse": True, "channels_last": True, "onednn": onednn_here, "winograd": False,
+                                      "compile": False}
+    assert inference_flags("cuda") == {"fuse": False, "channels_last": False, "onednn": False, "winograd": False,
+                                       "compile": False}
+    assert inference_flags("cpu", fuse=True) == {**inference_flags("cuda"), "fuse": True}
     assert inference_flags("cpu", plain=True)["channels_last"] is False
     asked = inference_flags("cpu", winograd=True)
     assert asked["winograd"] and not asked["channels_last"]  # what was asked, nothing added

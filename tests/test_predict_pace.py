@@ -54,3 +54,21 @@ def test_summary_lines():
     averaged = pace.summary(2_000_000, 4.0, flops=4e10, model_flops_per_voxel=5000.0, model_voxels=250_000)
     assert "(the model's 5 kFLOP/voxel x 32.00 for overlap, crop and TTA, on 1/8 of the input's voxels (averaged))" \
         in averaged
+
+
+@pytest.mark.parametrize("name,overrides,patch_zyx", [
+    ("rsunet-efficient", ["widths=4,6,8"], (8, 48, 48)),
+    ("rsunet", ["widths=4,6,8"], (6, 40, 40)),
+    ("unet3d", ["widths=4,6,8"], (8, 24, 40)),
+    ("unet2d", ["widths=4,6,8"], (3, 40, 24)),
+])
+def test_flops_per_patch_scaled_from_a_small_trace_equal_the_full_count(name, overrides, patch_zyx):
+    """Counted on the CPU at the smallest size and scaled by the voxels: the same as tracing the
+    whole patch on the meta device (which costs seconds at its first use in a process)."""
+    from emtools.models import build_model, resolve_spec
+    from emtools.profile.flops import totals, trace_layers
+
+    spec = resolve_spec(name, overrides)
+    model = build_model(spec).eval()
+    full = totals(trace_layers(model, (1, spec.in_channels, *patch_zyx))).flops_fwd
+    assert pace.flops_per_patch_of(model, spec, patch_zyx) == full > 0

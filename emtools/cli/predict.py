@@ -136,6 +136,9 @@ Examples:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Autocast precision (bf16/fp16 on GPUs; bf16 on CPUs with bf16 units such as AMX, "
                    "emulated and very slow on others).")
+@click.option("--fuse", is_flag=True,
+              help="Fold the batch norms into the convolutions and run the element-wise layers in place "
+                   "(inference only; the same maps to float rounding, fewer passes over memory).")
 @click.option("--channels-last", is_flag=True,
               help="Channels-last memory format (faster convolutions with oneDNN and bf16 on CPUs, and on GPUs).")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model (falls back with a warning).")
@@ -147,8 +150,8 @@ Examples:
                    "rest on oneDNN (em-profile model --options winograd --mode infer measures it).")
 @click.option("--plain", is_flag=True,
               help="Run the model as it is, in the default memory layout: no execution option chosen for you "
-                   "(on a CPU em-predict otherwise uses --channels-last, faster for every model measured; "
-                   "benchmarks/bench_predict.py).")
+                   "(on a CPU em-predict otherwise uses --fuse --channels-last --onednn, faster for every model "
+                   "measured; benchmarks/bench_predict.py).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto: cuda:LOCAL_RANK when CUDA is there, else the CPU.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
@@ -168,7 +171,7 @@ Examples:
 @version_option(TOOL)
 @contract(TOOL)
 def main(checkpoint, inputs, output, into, patch_zyx, memory, overlap, crop, blend, batch, tta, tta_reduce, head_names,
-         channel_ranges, dtype, block_zyx, precision, channels_last, compile_model, onednn, winograd, plain, device,
+         channel_ranges, dtype, block_zyx, precision, fuse, channels_last, compile_model, onednn, winograd, plain, device,
          threads, normalization, voxel_size_nm, force, compression, skip_existing, preview, **ffn_options):
     shared = {"batch": batch, "device": device, "threads": threads, "normalization": normalization, "precision": precision,
               "voxel_size_nm": voxel_size_nm, "force": force, "compression": compression, "skip_existing": skip_existing}
@@ -240,16 +243,16 @@ def main(checkpoint, inputs, output, into, patch_zyx, memory, overlap, crop, ble
     dev = sharding.select_device(device, ranks.local_rank)
     from emtools.models.execution import inference_flags
 
-    flags = inference_flags(dev.type, plain=plain, channels_last=channels_last, onednn=onednn, winograd=winograd,
-                            compile=compile_model)
+    flags = inference_flags(dev.type, plain=plain, fuse=fuse, channels_last=channels_last, onednn=onednn,
+                            winograd=winograd, compile=compile_model)
     if precision == "bf16" and dev.type == "cpu":
         from emtools.models.execution import cpu_has_bf16_units
 
         if not cpu_has_bf16_units():
             log.warning("--precision bf16 on a CPU without bf16 units is emulated, much slower than fp32 "
                         "(about 80x here)")
-    # Counted before the execution options swap convolution classes (their kernels do not run on 'meta').
-    flops_per_patch = pace.flops_per_patch_of(model.module, model.spec.in_channels, grid.patch_zyx) \
+    # Counted before the execution options swap convolution classes and fuse layers.
+    flops_per_patch = pace.flops_per_patch_of(model.module, model.spec, grid.patch_zyx) \
         if log.isEnabledFor(logging.INFO) else 0
     predictor = engine.Predictor(
         model.module, model.heads, grid, selection=model.selection, blend=blend, tta=tta,

@@ -40,9 +40,10 @@ log = logging.getLogger("emtools")
 
 UNTESTED_ENV = "EMTOOLS_ALLOW_UNTESTED"  # =1 runs the pinned options outside their tested versions
 
-# Stages: the order options are applied in, whatever order they are named in (a wrapper such as
+# Stages: the order options are applied in, whatever order they are named in (a graph rewrite makes
+# new convolutions, which the layout and kernel options must then see; a wrapper such as
 # torch.compile must see the model after its layout and kernels changed).
-LAYOUT, KERNELS, PRECISION, BACKEND, WRAPPER = range(5)
+GRAPH, LAYOUT, KERNELS, PRECISION, BACKEND, WRAPPER = range(6)
 
 
 # ----------------------------------------------------------------------------- requirements
@@ -262,20 +263,23 @@ def parse_plan(names: str | Iterable[str]) -> Plan:
 
 
 def names_from_flags(*, precision: str = "fp32", channels_last: bool = False, onednn: bool = False,
-                     winograd: bool = False, compile: bool = False) -> list[str]:
+                     winograd: bool = False, compile: bool = False, fuse: bool = False) -> list[str]:
     """em-train's config booleans and em-predict's flags as option names (``fp32`` is no option)."""
-    names = [name for name, on in (("channels_last", channels_last), ("onednn", onednn), ("winograd", winograd),
-                                   ("compile", compile)) if on]
+    names = [name for name, on in (("fuse", fuse), ("channels_last", channels_last), ("onednn", onednn),
+                                   ("winograd", winograd), ("compile", compile)) if on]
     return names + ([precision] if precision != "fp32" else [])
 
 
 def inference_flags(device_type: str, *, plain: bool = False, **asked: bool) -> dict[str, bool]:
-    """em-predict's execution flags (``channels_last``, ``onednn``, ``winograd``, ``compile``): those
-    asked for; with none asked (and not ``plain``) on a CPU, ``channels_last``, the layout oneDNN
-    convolves fastest (x1.27 on the shipped FIB-SEM model, more with bf16; benchmarks/bench_predict.py),
-    with the same maps to float tolerance. A rule of the device, not a timing, so that the same
-    command on the same machine writes the same maps."""
-    flags = {name: bool(asked.get(name, False)) for name in ("channels_last", "onednn", "winograd", "compile")}
+    """em-predict's execution flags (``fuse``, ``channels_last``, ``onednn``, ``winograd``, ``compile``):
+    those asked for; with none asked (and not ``plain``) on a CPU, ``fuse`` + ``channels_last`` +
+    ``onednn`` (the last where this torch is one it was tested with): the batch norms folded and the
+    element-wise layers in place, in the layout oneDNN convolves fastest, every convolution on oneDNN
+    (x1.3-1.4 over channels_last alone on the shipped FIB-SEM model, which was x1.27 over the plain
+    model; benchmarks/bench_predict.py), with the same maps to float tolerance. A rule of the device
+    and the torch version, not a timing, so that the same command on the same machine writes the same
+    maps."""
+    flags = {name: bool(asked.get(name, False)) for name in PREDICT_FLAGS}
     unknown = set(asked) - set(flags)
     if unknown:
         raise ValueError(f"unknown execution flags {sorted(unknown)}")
@@ -283,12 +287,15 @@ def inference_flags(device_type: str, *, plain: bool = False, **asked: bool) -> 
         chosen = " ".join(PREDICT_FLAGS[name] for name, on in flags.items() if on)
         raise EmError(f"--plain runs without execution options; drop it or {chosen}")
     if not plain and not any(flags.values()) and device_type == "cpu":
-        flags["channels_last"] = True
+        import torch
+
+        flags["fuse"] = flags["channels_last"] = True
+        flags["onednn"] = unavailable_reason("onednn", torch.device("cpu"), "infer") is None
     return flags
 
 
-PREDICT_FLAGS = {"channels_last": "--channels-last", "onednn": "--onednn", "winograd": "--winograd",
-                 "compile": "--compile"}  # em-predict's flag of each option
+PREDICT_FLAGS = {"fuse": "--fuse", "channels_last": "--channels-last", "onednn": "--onednn",
+                 "winograd": "--winograd", "compile": "--compile"}  # em-predict's flag of each option
 
 
 def unmet(name: str | Plan, device: "torch.device", mode: str = "train") -> list[tuple[str, Requirement, str]]:
@@ -442,6 +449,19 @@ def _compile(run: Execution) -> None:
 combination("compile+channels_last")
 
 
+@execution_option("fuse", "batch norms folded into the convolutions, element-wise layers in place (inference)",
+                  stage=GRAPH, needs=[inference_only()])
+def _fuse(run: Execution) -> None:
+    from emtools.models import fusion
+
+    try:
+        run.model = fusion.fuse_for_inference(run.model)
+    except fusion.NotFusable as exc:
+        if not run.fallback:
+            raise EmError(f"execution option 'fuse': {exc}") from None
+        log.warning("execution option 'fuse': %s; running the model unfused", exc)
+
+
 @execution_option("onednn", "every stride-1 3D convolution on oneDNN, forward and backward",
                   stage=KERNELS, needs=[on_cpu("CPU only (oneDNN is the CPU convolution library)"), ONEDNN_BUILD,
                                         TORCH_ATEN])
@@ -452,6 +472,8 @@ def _onednn(run: Execution) -> None:
 
 
 combination("channels_last+onednn")
+combination("fuse+channels_last")
+combination("fuse+channels_last+onednn", "fuse, channels_last and onednn: em-predict's default on a CPU")
 
 
 @execution_option("winograd", "wide 3x3x3 convolutions (>= 64 channels) by Winograd, the rest on oneDNN",
@@ -515,6 +537,7 @@ def help_table(width: int = 24) -> list[str]:
     """Lines for em-profile's --help and man page: each registered name, its summary and, for the
     single options, what it needs."""
     lines = []
+    width = max(width, 2 + max(len(name) for name in OPTIONS))
     for name, option in OPTIONS.items():
         lines.append(f"{name:<{width}}{option.summary}")
         needs = list(dict.fromkeys(need.text for _, need in needs_of(name)))

@@ -26,6 +26,7 @@ import dataclasses
 import math
 import os
 import re
+import weakref
 from typing import Callable, Sequence
 
 import numpy as np
@@ -120,17 +121,31 @@ class MemoryModel:
 
 
 def memory_model(model, in_channels: int, factor_zyx: Sequence[int], kept_channels: int) -> MemoryModel:
-    """Trace ``model`` once at a small valid size; activations grow with the voxels exactly
-    (every layer pads to 'same', so each level holds patch / its downsampling)."""
+    """Trace ``model`` once at a small valid size (:func:`small_trace`); activations and FLOPs grow
+    with the voxels exactly (every layer pads to 'same', so each level holds patch / its
+    downsampling)."""
+    total, out_channels, voxels = small_trace(model, in_channels, factor_zyx)
+    return MemoryModel(total.activation_bytes / voxels, total.flops_fwd / voxels, in_channels,
+                       int(out_channels or kept_channels), kept_channels)
+
+
+_TRACES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def small_trace(model, in_channels: int, factor_zyx: Sequence[int]):
+    """(totals, output channels or None, voxels) of ``model`` traced at twice its downsampling
+    (on the CPU: milliseconds, where the meta device's first use in a process costs seconds);
+    remembered per model, since em-predict asks twice (the memory model and the FLOP count)."""
     from emtools.profile.flops import totals, trace_layers
 
-    size = tuple(2 * f for f in factor_zyx)
-    layers = trace_layers(model, (1, in_channels, *size))
-    out_channels = layers[-1].out_shape[1] if layers and len(layers[-1].out_shape) > 1 else kept_channels
-    total = totals(layers)
-    voxels = math.prod(size)
-    return MemoryModel(total.activation_bytes / voxels, total.flops_fwd / voxels, in_channels, int(out_channels),
-                       kept_channels)
+    key = (int(in_channels), tuple(int(f) for f in factor_zyx))
+    known = _TRACES.setdefault(model, {})
+    if key not in known:
+        size = tuple(2 * f for f in key[1])
+        layers = trace_layers(model, (1, in_channels, *size), device="cpu")
+        out_channels = layers[-1].out_shape[1] if layers and len(layers[-1].out_shape) > 1 else None
+        known[key] = (totals(layers), out_channels, math.prod(size))
+    return known[key]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -160,7 +160,7 @@ class Predictor:
                  tta: int | Sequence[tta_mod.Variant] = 1, tta_reduce: str | Mapping[str, str] = "mean",
                  batch: int = 1, device: str | torch.device = "cpu", precision: str = "fp32",
                  channels_last: bool = False, compile: bool = False, onednn: bool = False, winograd: bool = False,
-                 activate: bool = True):
+                 fuse: bool = False, activate: bool = True):
         if batch < 1:
             raise EmError(f"--batch {batch} must be at least 1")
         self.device = torch.device(device)
@@ -184,7 +184,7 @@ class Predictor:
         self.weights = patch_weights(grid.kept_zyx, blend)
         autocast_dtype(precision, self.device)  # checks it in --precision's words
         names = execution.names_from_flags(precision=precision, channels_last=channels_last, onednn=onednn,
-                                           winograd=winograd, compile=compile)
+                                           winograd=winograd, compile=compile, fuse=fuse)
         # CPU-only options are left out on a GPU; a compilation that fails warns and runs uncompiled
         self.forward = execution.apply(model.eval().to(self.device), names, self.device, mode="infer",
                                        fallback=True, skip_other_devices=True, spelled=FLAGS)

@@ -60,11 +60,15 @@ class Heartbeat:
                  int(100 * self.voxels / max(self.total_voxels, 1)), rate / 1e6, duration_text(left))
 
 
-def flops_per_patch_of(model, in_channels: int, patch_zyx) -> int:
-    """Forward FLOPs of ``model`` on one patch (counted on the meta device, in milliseconds)."""
-    from emtools.profile.flops import totals, trace_layers
+def flops_per_patch_of(model, spec, patch_zyx) -> int:
+    """Forward FLOPs of ``model`` on one patch: counted at the smallest size the pooling accepts
+    twice over and scaled by the voxels (exact: every layer pads to 'same', so each level holds
+    patch / its downsampling; :func:`emtools.predict.autopatch.small_trace`)."""
+    from emtools.models.geometry import total_downsampling
+    from emtools.predict.autopatch import small_trace
 
-    return totals(trace_layers(model, (1, in_channels, *patch_zyx))).flops_fwd
+    total, _, voxels = small_trace(model, spec.in_channels, total_downsampling(spec))
+    return round(total.flops_fwd * math.prod(patch_zyx) / voxels)
 
 
 def summary(voxels: int, seconds: float, flops: float | None = None, model_flops_per_voxel: float | None = None,

@@ -71,12 +71,15 @@ def conv_flops(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[in
     return 2 * out_shape[0] * math.prod(out_shape[2:]) * weight.numel()
 
 
-def trace_layers(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> list[Layer]:
+def trace_layers(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
+                 device: str = "meta") -> list[Layer]:
     """Every leaf layer of ``model`` for an input of ``input_shape`` (N, C, Z, Y, X), with its cost.
 
-    Runs a copy of the model on the meta device; the model itself is not touched.
+    Runs a copy of the model on the meta device (no memory, any size; the first call in a process
+    costs ~2.5 s while torch sets up its meta kernels) or, for small inputs, on ``device="cpu"``
+    with zeros (milliseconds); the model itself is not touched.
     """
-    meta = copy.deepcopy(model).to("meta")
+    meta = copy.deepcopy(model).to(device)
     leaves = leaf_modules(meta)
     layers: list[Layer] = []
     element = torch.empty((), dtype=dtype).element_size()
@@ -104,7 +107,8 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dt
     try:
         meta.train(model.training)
         with torch.enable_grad():
-            meta(torch.empty(input_shape, device="meta", dtype=dtype))
+            meta(torch.zeros(input_shape, device=device, dtype=dtype) if device != "meta"
+                 else torch.empty(input_shape, device="meta", dtype=dtype))
     finally:
         for handle in handles:
             handle.remove()

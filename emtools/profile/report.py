@@ -264,12 +264,14 @@ def format_report(report: dict[str, Any]) -> list[str]:
         lines += _throughput_lines(report)
     elif report.get("options"):
         lines.append(f"execution options ({report['mode']}, s per iteration, speedup vs eager fp32):")
+        width = max(22, *(len(o["name"]) for o in report["options"]))
         for o in report["options"]:
             if o["status"] == "ok":
                 note = f"  ({o['reason']})" if o["reason"] else ""
-                lines.append(f"  {o['name']:<22} {o['seconds']:.3f} s  x{o['speedup'] or 0:.2f}  first {o['first_s']:.1f} s{note}")
+                lines.append(f"  {o['name']:<{width}} {o['seconds']:.3f} s  x{o['speedup'] or 0:.2f}  "
+                             f"first {o['first_s']:.1f} s{note}")
             else:
-                lines.append(f"  {o['name']:<22} unavailable: {o['reason']}")
+                lines.append(f"  {o['name']:<{width}} unavailable: {o['reason']}")
         lines.append(f"fastest here: {report.get('fastest')}")
     return lines
 
