@@ -39,6 +39,7 @@ def test_whole_volume_round_trip_and_plain_h5py_reads_it(tmp_path, dtype):
     handle, ds = _dataset(path)
     with handle:
         assert ds.compression == "gzip" and ds.compression_opts == 1 and ds.dtype == np.dtype(dtype)
+        assert ds.shuffle == (np.dtype(dtype).itemsize > 1)  # bytes regrouped before deflate
         assert np.array_equal(ds[...], data)  # HDF5's own filter inflates our chunks
     assert np.array_equal(io.read_volume(path)[0], data)
 
@@ -150,7 +151,46 @@ def test_chunk_stored_without_deflate_is_read_raw(tmp_path):
     assert np.array_equal(values, np.concatenate([block, block + 1]))
 
 
-@pytest.mark.parametrize("kwargs", [{"compression": "lzf"}, {"compression": "gzip", "shuffle": True}, {"chunks": None},
+@pytest.mark.parametrize("dtype", ["float32", "uint64", "int16"])
+def test_reads_any_region_of_shuffled_files_h5py_wrote(tmp_path, dtype):
+    data = (np.random.default_rng(8).random((30, 90, 70)) * 1000).astype(dtype)
+    spec = _h5py_file(str(tmp_path / "s.h5"), data, chunks=(16, 32, 48), compression="gzip", shuffle=True)
+    rng = np.random.default_rng(9)
+    with io.open_volume(spec) as source:
+        assert source._deflate
+        assert np.array_equal(source.read(), data)
+        for _ in range(20):
+            begin = rng.integers(0, data.shape)
+            end = [int(rng.integers(b + 1, s + 1)) for b, s in zip(begin, data.shape)]
+            box = Box(tuple(begin), tuple(end))
+            assert np.array_equal(source.read(box), data[tuple(slice(b, e) for b, e in zip(begin, end))])
+
+
+def test_shuffled_chunks_with_a_filter_skipped_are_read_as_stored(tmp_path):
+    """Filter mask with shuffle then deflate: bit 0 = shuffle skipped, bit 1 = deflate skipped."""
+    path = str(tmp_path / "mask.h5")
+    block = np.arange(5 * 8 * 8, dtype=np.uint32).reshape(5, 8, 8) * 70001
+    with h5py.File(path, "w") as handle:
+        ds = handle.create_dataset("x", shape=(20, 8, 8), dtype=np.uint32, chunks=(5, 8, 8), compression="gzip",
+                                   shuffle=True)
+        ds.id.write_direct_chunk((0, 0, 0), zlib.compress(h5chunks.shuffled(block).tobytes()), 0)
+        ds.id.write_direct_chunk((5, 0, 0), zlib.compress((block + 1).tobytes()), 1)  # not shuffled
+        ds.id.write_direct_chunk((10, 0, 0), h5chunks.shuffled(block + 2).tobytes(), 2)  # not deflated
+        ds.id.write_direct_chunk((15, 0, 0), (block + 3).tobytes(), 3)  # neither
+    expected = np.concatenate([block, block + 1, block + 2, block + 3])
+    assert np.array_equal(io.read_volume(f"{path}:/x")[0], expected)
+    with h5py.File(path, "r") as handle:  # as libhdf5 reads them
+        assert np.array_equal(handle["x"][...], expected)
+
+
+def test_shuffle_round_trips_bytes():
+    block = np.random.default_rng(10).random((3, 5, 7)).astype(np.float64)
+    assert np.array_equal(h5chunks.unshuffled(h5chunks.shuffled(block).tobytes(), block.dtype, block.shape), block)
+    assert h5chunks.shuffled(np.array([0x0102], np.uint16)).ravel().tolist() == [0x02, 0x01]  # low bytes first (little end)
+
+
+@pytest.mark.parametrize("kwargs", [{"compression": "lzf"}, {"compression": "gzip", "shuffle": True,
+                                                                 "fletcher32": True}, {"chunks": None},
                                     {"compression": "gzip", "fletcher32": True}])
 def test_other_layouts_take_h5py_path(tmp_path, kwargs):
     data = np.random.default_rng(7).integers(0, 100, (20, 70, 90)).astype(np.uint32)
