@@ -46,7 +46,11 @@ import tempfile
 import time
 
 import numpy as np
-import torch
+
+from emtools.cpus import prefer_huge_pages
+
+prefer_huge_pages()  # as the em-* tools do, before torch allocates anything
+import torch  # noqa: E402
 
 from emtools import io
 from emtools.meta import Metadata

@@ -27,3 +27,29 @@ def test_without_affinity_uses_the_cpu_count(monkeypatch):
     assert cpus.usable_cpus() == 1
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     assert cpus.usable_cpus() == 4
+
+
+def test_huge_pages_are_asked_for_unless_the_user_said_otherwise(monkeypatch):
+    monkeypatch.delenv(cpus.HUGE_PAGES_ENV, raising=False)
+    cpus.prefer_huge_pages()
+    assert os.environ[cpus.HUGE_PAGES_ENV] == "1"
+    monkeypatch.setenv(cpus.HUGE_PAGES_ENV, "0")
+    cpus.prefer_huge_pages()
+    assert os.environ[cpus.HUGE_PAGES_ENV] == "0"
+
+
+def test_a_tool_sets_it_before_torch_allocates(tmp_path):
+    """A fresh em-predict process: the variable is set by the time torch is imported, so torch's
+    allocator reads it (torch reads it once, at its first allocation)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != cpus.HUGE_PAGES_ENV}
+    code = ("import os, sys\n"
+            "from emtools.cli.common import run_tool\n"
+            "def body():\n"
+            "    assert 'torch' not in sys.modules\n"
+            f"    print(os.environ.get('{cpus.HUGE_PAGES_ENV}'))\n"
+            "run_tool('em-test', body, debug=True)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

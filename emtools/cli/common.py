@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import click
 
 from emtools import __version__, interrupt, values
+from emtools.cpus import prefer_huge_pages
 from emtools.errors import EmError
 from emtools.logs import setup_logging  # noqa: F401 (the tools import it from here)
 
@@ -44,6 +45,7 @@ def _exit(code: int) -> None:
 
 def run_tool(tool: str, body: Callable[[], T], debug: bool) -> T:
     """Run ``body`` under the CLI contract: map failures to one line on stderr and exit codes."""
+    prefer_huge_pages()  # before any tool imports torch
     previous = {sig: signal.signal(sig, interrupt.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         result = body()
