@@ -275,8 +275,9 @@ def inference_flags(device_type: str, *, plain: bool = False, **asked: bool) -> 
     those asked for; with none asked (and not ``plain``) on a CPU, ``fuse`` + ``channels_last`` +
     ``onednn`` (the last where this torch is one it was tested with): the batch norms folded and the
     element-wise layers in place, in the layout oneDNN convolves fastest, every convolution on oneDNN
-    (x1.3-1.4 over channels_last alone on the shipped FIB-SEM model, which was x1.27 over the plain
-    model; benchmarks/bench_predict.py), with the same maps to float tolerance. A rule of the device
+    (whole em-predict runs x1.24-1.50 faster than with channels_last alone on the shipped FIB-SEM
+    model, which was x1.27 over the plain model; benchmarks/bench_predict.py), with the same maps to
+    float tolerance. A rule of the device
     and the torch version, not a timing, so that the same command on the same machine writes the same
     maps."""
     flags = {name: bool(asked.get(name, False)) for name in PREDICT_FLAGS}
