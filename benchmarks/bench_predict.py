@@ -221,6 +221,22 @@ def main() -> None:
                        "defaults": defaults}, handle, indent=1)
 
 
+def as_run(model, spec, affinity_only: bool):
+    """The model as em-predict's default runs it (fused; cut down to the affinity head where only
+    that is written), for counting the FLOPs it computes."""
+    from emtools.models import fusion
+
+    fused = fusion.fuse_for_inference(model)
+    if affinity_only:
+        start = 0
+        for name, channels in spec.heads:
+            if name == "affinity":
+                fusion.keep_output_channels(fused, list(range(start, start + channels)))
+                break
+            start += channels
+    return fused
+
+
 def compare_defaults(models: dict, image: np.ndarray, opts) -> list[dict]:
     """em-predict with no window options against the old defaults (training patch, 50% overlap), and
     against its default window with the previous execution options (--channels-last alone, before
@@ -260,7 +276,8 @@ def compare_defaults(models: dict, image: np.ndarray, opts) -> list[dict]:
                                    ("voxels", (0, 0, 0)))
                 window = dataclasses.replace(window, stride_zyx=tuple(params["stride_zyx"]))
                 patches = window.count(Box.from_shape(image.shape))
-                flops = totals(trace_layers(model, (1, 1, *params["patch_zyx"]))).flops_fwd * patches
+                counted = model if label == "previous options" else as_run(model, spec, words is None)
+                flops = totals(trace_layers(counted, (1, 1, *params["patch_zyx"]), backward=False)).flops_fwd * patches
                 out.append({"model": name, "case": label, "execution": params.get("execution"),
                             "patch_zyx": params["patch_zyx"],
                             "stride_zyx": params["stride_zyx"], "patches": patches, "wall_s": wall,

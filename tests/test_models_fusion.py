@@ -182,3 +182,24 @@ def test_a_copy_of_the_fused_model_runs_the_same():
     x = torch.randn(1, 1, 6, 24, 24)
     with torch.inference_mode():
         assert torch.equal(copy.deepcopy(fused)(x), fused(x))
+
+
+@pytest.mark.parametrize("name,overrides,shape", [MODELS[0], MODELS[1], MODELS[4]])
+def test_keeping_output_channels_computes_exactly_those(name, overrides, shape):
+    torch.manual_seed(0)
+    model = _with_statistics(build_model(resolve_spec(name, overrides)))
+    x = torch.randn(1, 1, *shape)
+    fused = fusion.fuse_for_inference(model)
+    with torch.inference_mode():
+        full = fused(x)
+        assert fusion.keep_output_channels(fused, [0, 2])
+        assert torch.allclose(fused(x), full[:, [0, 2]], atol=1e-6)
+
+
+def test_output_channels_are_left_alone_where_the_output_is_not_a_convolution():
+    model = _with_statistics(build_model(resolve_spec("unet2d", ["widths=4,6,8", "heads=affinity:2"])))
+    fused = fusion.fuse_for_inference(model)  # its output is reshaped back from sections
+    assert not fusion.keep_output_channels(fused, [0])
+    assert not fusion.keep_output_channels(model, [0])  # not a fused graph
+    rsunet = fusion.fuse_for_inference(_with_statistics(build_model(resolve_spec("rsunet", ["widths=4,6,8"]))))
+    assert not fusion.keep_output_channels(rsunet, [2, 0])  # unsorted

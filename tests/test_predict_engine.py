@@ -140,6 +140,27 @@ def test_batch_size_channels_last_onednn_winograd_and_bf16_agree(monkeypatch):
     assert 0 < max(np.abs(out[h] - base[h]).mean() for h in base) < 0.02
 
 
+@pytest.mark.parametrize("name", ["rsunet", "rsunet-efficient"])
+@pytest.mark.parametrize("wanted", [["foreground"], ["affinity"], ["foreground", "affinity"]])
+def test_fused_model_computes_only_the_heads_asked_for(name, wanted):
+    """With fuse, the last convolution is cut down to the selected heads' channels (remapped in
+    the raw output); the maps equal the unfused model's, in any selection order."""
+    spec, model = _model(name)
+    image = np.random.default_rng(4).standard_normal((4, 24, 24)).astype(np.float32)
+    heads = default_heads(spec.heads)
+    selection = select_heads(heads, wanted)
+    kwargs = dict(patch_zyx=(4, 16, 16), overlap=("fraction", (0.0, 0.5, 0.5)), selection=selection)
+    base = predict_volume(model, image, heads, **kwargs)
+    out = predict_volume(model, image, heads, fuse=True, channels_last=True, **kwargs)
+    assert set(out) == set(wanted)
+    assert max(np.abs(out[h] - base[h]).max() for h in base) < 1e-5
+    grid = make_grid((4, 16, 16), ((0, 0, 0), (0, 0, 0)), ("fraction", (0.0, 0.5, 0.5)))
+    predictor = Predictor(model, heads, grid, selection=selection, fuse=True)
+    keep = sorted(c for s in selection for c in range(s.start, s.start + s.head.channels))
+    assert predictor.forward.model.out.out_channels == len(keep)  # 4 channels in all: cut unless both
+    assert predictor.raw_start == {s.name: keep.index(s.start) for s in selection}
+
+
 def test_a_2d_model_predicts_the_same_in_channels_last():
     # unet2d has 4D weights: channels_last (NHWC), not the 3D format (which would fail on them)
     spec, model = _model("unet2d")

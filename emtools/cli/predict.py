@@ -251,14 +251,14 @@ def main(checkpoint, inputs, output, into, patch_zyx, memory, overlap, crop, ble
         if not cpu_has_bf16_units():
             log.warning("--precision bf16 on a CPU without bf16 units is emulated, much slower than fp32 "
                         "(about 80x here)")
-    # Counted before the execution options swap convolution classes and fuse layers.
-    flops_per_patch = pace.flops_per_patch_of(model.module, model.spec, grid.patch_zyx) \
-        if log.isEnabledFor(logging.INFO) else 0
     predictor = engine.Predictor(
         model.module, model.heads, grid, selection=model.selection, blend=blend, tta=tta,
         tta_reduce=model.reduce, batch=batch, device=dev, precision=precision,
         **flags,
     )
+    # What the model computes as it runs (fused, cut down to the heads asked for), traced on the CPU.
+    flops_per_patch = pace.flops_per_patch_of(predictor.forward.model, model.spec, grid.patch_zyx) \
+        if log.isEnabledFor(logging.INFO) else 0
     settings = Settings(model, dtype, compression, block_zyx, voxel_size_nm, {
         "checkpoint": checkpoint, "checkpoint_sha256": model.sha256, "model": model.spec.describe(),
         "heads": {s.name: list(s.channels) for s in model.selection}, "patch_zyx": list(grid.patch_zyx),

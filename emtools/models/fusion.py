@@ -260,3 +260,44 @@ class _OutOfPlaceAffine(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         view = (1, -1) + (1,) * (x.dim() - 2)
         return torch.addcmul(self.shift.view(view), x, self.scale.view(view))
+
+
+def keep_output_channels(model: nn.Module, channels: list[int]) -> bool:
+    """Make a fused model compute only output ``channels`` (sorted indices), in that order: em-predict
+    writes only the heads it is asked for, so the rest of the last convolution is work thrown away
+    (the shipped FIB-SEM model's six long-range channels when only ``affinity`` is written). Works
+    where the model's output comes straight from a convolution (plain, transposed or phased); returns
+    whether it changed the model. The weights keep their memory format, so it may run after the
+    layout and kernel options."""
+    if not isinstance(model, fx.GraphModule) or not channels or list(channels) != sorted(set(channels)):
+        return False
+    output = next(node for node in model.graph.nodes if node.op == "output")
+    source = output.args[0]
+    if not isinstance(source, fx.Node) or source.op != "call_module" or len(source.users) != 1:
+        return False
+    module = model.get_submodule(source.target)
+    if isinstance(module, PhaseConvTranspose):
+        count = module.out_channels
+        rows = [phase * count + c for phase in range(math.prod(module.stride)) for c in channels]
+        _keep_rows(module.conv, rows, dim=0)
+        module.out_channels = len(channels)
+    elif isinstance(module, _CONVS):
+        _keep_rows(module, list(channels), dim=0)
+    elif isinstance(module, _TRANSPOSED) and module.groups == 1:
+        _keep_rows(module, list(channels), dim=1)
+    else:
+        return False
+    return True
+
+
+def _keep_rows(conv: nn.Module, rows: list[int], dim: int) -> None:
+    weight = conv.weight.detach()
+    index = torch.tensor(rows, dtype=torch.long, device=weight.device)
+    last = torch.channels_last_3d if weight.dim() == 5 else torch.channels_last
+    kept = torch.index_select(weight, dim, index)
+    if weight.dim() in (4, 5) and weight.is_contiguous(memory_format=last) and not weight.is_contiguous():
+        kept = kept.contiguous(memory_format=last)
+    conv.weight = nn.Parameter(kept, requires_grad=False)
+    if conv.bias is not None:
+        conv.bias = nn.Parameter(torch.index_select(conv.bias.detach(), 0, index), requires_grad=False)
+    conv.out_channels = len(rows)

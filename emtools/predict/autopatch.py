@@ -142,7 +142,7 @@ def small_trace(model, in_channels: int, factor_zyx: Sequence[int]):
     known = _TRACES.setdefault(model, {})
     if key not in known:
         size = tuple(2 * f for f in key[1])
-        layers = trace_layers(model, (1, in_channels, *size), device="cpu")
+        layers = trace_layers(model, (1, in_channels, *size), device="cpu", backward=False)
         out_channels = layers[-1].out_shape[1] if layers and len(layers[-1].out_shape) > 1 else None
         known[key] = (totals(layers), out_channels, math.prod(size))
     return known[key]

@@ -188,7 +188,23 @@ class Predictor:
         # CPU-only options are left out on a GPU; a compilation that fails warns and runs uncompiled
         self.forward = execution.apply(model.eval().to(self.device), names, self.device, mode="infer",
                                        fallback=True, skip_other_devices=True, spelled=FLAGS)
+        self.raw_start = self._prune_outputs()
         self.patches_done = 0
+
+    def _prune_outputs(self) -> dict[str, int]:
+        """Where each selected head starts in the model's output: a fused model is cut down to the
+        channels of the heads asked for (:func:`emtools.models.fusion.keep_output_channels`), the
+        rest keep their place."""
+        starts = {s.name: s.start for s in self.selection}
+        keep = sorted({c for s in self.selection for c in range(s.start, s.start + s.head.channels)})
+        if len(keep) == sum(h.channels for h in self.heads):
+            return starts
+        from emtools.models import fusion
+
+        if not fusion.keep_output_channels(self.forward.model, keep):
+            return starts
+        position = {old: new for new, old in enumerate(keep)}
+        return {s.name: position[s.start] for s in self.selection}
 
     def _affinity_plans(self) -> dict[tuple[str, int], list[tta_mod.Source]]:
         plans = {}
@@ -213,7 +229,8 @@ class Predictor:
         for index, variant in enumerate(self.variants):
             raw = tta_mod.invert(self.forward(tta_mod.apply(x, variant) if index else x).float(), variant)
             for s in self.selection:
-                values = raw[:, s.start : s.start + s.head.channels]
+                start = self.raw_start[s.name]
+                values = raw[:, start : start + s.head.channels]
                 if self.activate:
                     values = activate(s.head.kind, values)
                 reducer = reducers[s.name]

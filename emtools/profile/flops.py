@@ -72,12 +72,13 @@ def conv_flops(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[in
 
 
 def trace_layers(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dtype = torch.float32,
-                 device: str = "meta") -> list[Layer]:
+                 device: str = "meta", backward: bool = True) -> list[Layer]:
     """Every leaf layer of ``model`` for an input of ``input_shape`` (N, C, Z, Y, X), with its cost.
 
     Runs a copy of the model on the meta device (no memory, any size; the first call in a process
     costs ~2.5 s while torch sets up its meta kernels) or, for small inputs, on ``device="cpu"``
-    with zeros (milliseconds); the model itself is not touched.
+    with zeros (milliseconds); the model itself is not touched. ``backward=False`` traces without
+    autograd (no backward FLOPs; needed for inference-only models whose layers write in place).
     """
     meta = copy.deepcopy(model).to(device)
     leaves = leaf_modules(meta)
@@ -106,7 +107,7 @@ def trace_layers(model: nn.Module, input_shape: tuple[int, ...], dtype: torch.dt
     handles = [m.register_forward_hook(hook(n)) for n, m in leaves.items()]
     try:
         meta.train(model.training)
-        with torch.enable_grad():
+        with torch.enable_grad() if backward else torch.no_grad():
             meta(torch.zeros(input_shape, device=device, dtype=dtype) if device != "meta"
                  else torch.empty(input_shape, device="meta", dtype=dtype))
     finally:
