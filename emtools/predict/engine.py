@@ -149,8 +149,11 @@ class Predictor:
 
     ``tta``: a number of variants (1 = none, up to 16; see :mod:`.tta`) or a list of variants
     starting with the identity. ``tta_reduce``: ``mean``/``min``/``max`` for every head, or a
-    mapping head name -> reduction. ``precision`` (fp32, bf16 or fp16: autocast), ``channels_last``,
-    ``compile``, ``onednn``, ``winograd``: execution options (:mod:`emtools.models.execution`).
+    mapping head name -> reduction. ``precision`` (fp32, bf16 or fp16: autocast), ``fuse``,
+    ``channels_last``, ``compile``, ``onednn``, ``winograd``: execution options
+    (:mod:`emtools.models.execution`; em-predict's CPU default is ``fuse``, ``channels_last`` and
+    ``onednn``, see :func:`~emtools.models.execution.inference_flags`). A fused model computes only
+    the output channels of the selected heads.
     ``activate=False`` blends the raw outputs (logits) instead of the activated maps (em-train's
     validation computes its losses on them).
     """
