@@ -66,3 +66,31 @@ def test_resuming_from_a_model_only_checkpoint_is_refused(tmp_path):
     save_checkpoint(path, build_model(SPEC), SPEC, {})
     with pytest.raises(EmError, match="no training state"):
         state.read_resume(path)
+
+
+def test_a_killed_runs_temporaries_are_removed_and_live_ones_kept(tmp_path):
+    """A SIGKILL between writing a checkpoint and renaming it leaves .NAME.pt.PID[.X].tmp; the next
+    run in the folder removes those of dead processes only (and nothing else)."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    names = {f".last.pt.{dead}.tmp": False, f".step_8.pt.{dead}.k2j_x9.tmp": False,
+             f".last.pt.{os.getpid()}.tmp": True, f".step_8.pt.{os.getpid()}.abc.tmp": True,
+             "step_8.pt": True, ".notes.txt": True, f".frags.h5.{dead}.tmp": True}
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(state.remove_stale_temporaries(str(tmp_path))) == sorted(n for n, kept in names.items() if not kept)
+    assert sorted(os.listdir(tmp_path)) == sorted(n for n, kept in names.items() if kept)
+
+
+def test_checkpoint_temporaries_carry_the_writers_pid(tmp_path, monkeypatch):
+    from emtools.models import checkpoint
+
+    seen = []
+    real = checkpoint.tempfile.mkstemp
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", lambda **kw: seen.append(kw["prefix"]) or real(**kw))
+    spec = resolve_spec("rsunet", ["widths=4,8", "depth=2"])
+    checkpoint.save_checkpoint(str(tmp_path / "a.pt"), build_model(spec), spec)
+    assert seen == [f".a.pt.{os.getpid()}."] and state.TEMPORARY.match(f".a.pt.{os.getpid()}.q1w2e3.tmp")

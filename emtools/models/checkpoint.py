@@ -48,7 +48,8 @@ def save_checkpoint(path: str, model: torch.nn.Module, spec: ModelSpec, extra: d
     if training is not None:
         payload["training"] = training
     folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    # the pid in the name lets a later run tell a killed run's temporary from a live one's
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)

@@ -257,6 +257,7 @@ def _train(config, run_dir, env, device, resume, on_step, prepared, tcfg, ocfg, 
     metrics = MetricsLog(os.path.join(run_dir, METRICS))
     if env.is_main:
         os.makedirs(run_dir, exist_ok=True)
+        st.remove_stale_temporaries(run_dir)  # a killed run's half-placed checkpoint
         metrics.start(start if resume is not None else None)
     dist.barrier(env)
 

@@ -36,6 +36,8 @@ from emtools.models.spec import ModelSpec, spec_difference, spec_from_dict
 
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 LAST, BEST = "last.pt", "best.pt"
+# .NAME.pt.PID.tmp (a link being put in place) or .NAME.pt.PID.XXXXXXXX.tmp (a checkpoint being written)
+TEMPORARY = re.compile(r"^\..+\.pt\.(\d+)(\.[^.]+)?\.tmp$")
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
@@ -68,6 +70,22 @@ def step_files(run_dir: str) -> list[tuple[int, str]]:
     found = [(int(m.group(1)), os.path.join(run_dir, name)) for name in os.listdir(run_dir)
              if (m := STEP_FILE.match(name))]
     return sorted(found)
+
+
+def remove_stale_temporaries(run_dir: str) -> list[str]:
+    """Delete the checkpoint temporaries of killed runs in ``run_dir`` (those whose process no longer
+    exists: a SIGKILL between writing and renaming leaves one); returns their names."""
+    from emtools.io.specs import pid_alive
+
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(run_dir):
+            found = TEMPORARY.match(name)
+            if found and not pid_alive(int(found.group(1))):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(run_dir, name))
+                    removed.append(name)
+    return removed
 
 
 def _replace_with_link(source: str, target: str) -> None:
