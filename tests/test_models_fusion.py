@@ -99,6 +99,29 @@ def test_a_shared_tensor_is_never_overwritten():
     assert not any(isinstance(m, fusion.ChannelAffine) for m in fused.modules())  # out-of-place affine instead
 
 
+def test_modules_called_from_several_places_are_left_alone():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv3d(2, 2, 3, padding=1)
+            self.bn = nn.BatchNorm3d(2)
+            self.act = nn.ELU()
+
+        def forward(self, x):
+            y = self.act(self.bn(self.conv(x)))  # conv, norm and activation each used twice
+            return self.act(self.bn(self.conv(y))) + self.conv(x)
+
+    model = _with_statistics(Shared())
+    x = torch.randn(1, 2, 3, 6, 6)
+    with torch.inference_mode():
+        expected = model(x)
+        fused = fusion.fuse_for_inference(model)
+        got = fused(x)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert isinstance(fused.bn, nn.BatchNorm3d) and not fused.act.inplace  # nothing folded or made in place
+    assert not fusion.keep_output_channels(fused, [0])
+
+
 @pytest.mark.parametrize("kernel,stride,padding,extra", [
     ((1, 6, 6), (1, 2, 2), (0, 2, 2), (0, 0, 0)),  # the efficient model's output conv
     ((3, 4, 4), (1, 2, 2), (1, 1, 1), (0, 0, 0)),

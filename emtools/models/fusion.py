@@ -29,6 +29,8 @@ import copy
 import itertools
 import math
 import operator
+from collections import Counter
+
 import torch
 from torch import fx, nn
 
@@ -170,7 +172,13 @@ def fuse_for_inference(model: nn.Module) -> fx.GraphModule:
 
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
+    """The module ``node`` calls, where that module is called from this node only: a module shared
+    by several call sites is left as it is (folding or running it in place at one site would change
+    the others)."""
+    if node.op != "call_module":
+        return None
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    return gm.get_submodule(node.target) if calls[node.target] == 1 else None
 
 
 def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
@@ -275,7 +283,7 @@ def keep_output_channels(model: nn.Module, channels: list[int]) -> bool:
     source = output.args[0]
     if not isinstance(source, fx.Node) or source.op != "call_module" or len(source.users) != 1:
         return False
-    module = model.get_submodule(source.target)
+    module = _module(model, source)
     if isinstance(module, PhaseConvTranspose):
         count = module.out_channels
         rows = [phase * count + c for phase in range(math.prod(module.stride)) for c in channels]
