@@ -29,6 +29,22 @@ def _with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def _fused_and_checked(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Fuse ``model`` (with statistics) and assert it gives the same output on ``x``; the fused model."""
+    model = _with_statistics(model)
+    with torch.inference_mode():
+        expected = model(x)
+        fused = fusion.fuse_for_inference(model)
+        got = fused(x)
+    assert torch.allclose(got, expected, atol=1e-6)
+    return fused
+
+
+class _Dynamic(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x  # control flow on values: fx cannot trace it
+
+
 MODELS = [
     ("rsunet", ["widths=4,6,8", "heads=affinity:3"], (6, 20, 20)),
     ("rsunet-efficient", ["widths=4,6,8", "heads=affinity:3,foreground:1"], (6, 24, 24)),
@@ -88,13 +104,7 @@ def test_a_shared_tensor_is_never_overwritten():
             y = self.conv(x)
             return self.act(y) + self.bn(y) + y  # y is read three times: nothing may write over it
 
-    model = _with_statistics(TwoUses())
-    x = torch.randn(1, 1, 3, 5, 5)
-    with torch.inference_mode():
-        expected = model(x)
-        fused = fusion.fuse_for_inference(model)
-        got = fused(x)
-    assert torch.allclose(got, expected, atol=1e-6)
+    fused = _fused_and_checked(TwoUses(), torch.randn(1, 1, 3, 5, 5))
     assert not any(getattr(m, "inplace", False) for m in fused.modules())
     assert not any(isinstance(m, fusion.ChannelAffine) for m in fused.modules())  # out-of-place affine instead
 
@@ -111,13 +121,7 @@ def test_modules_called_from_several_places_are_left_alone():
             y = self.act(self.bn(self.conv(x)))  # conv, norm and activation each used twice
             return self.act(self.bn(self.conv(y))) + self.conv(x)
 
-    model = _with_statistics(Shared())
-    x = torch.randn(1, 2, 3, 6, 6)
-    with torch.inference_mode():
-        expected = model(x)
-        fused = fusion.fuse_for_inference(model)
-        got = fused(x)
-    assert torch.allclose(got, expected, atol=1e-6)
+    fused = _fused_and_checked(Shared(), torch.randn(1, 2, 3, 6, 6))
     assert isinstance(fused.bn, nn.BatchNorm3d) and not fused.act.inplace  # nothing folded or made in place
     assert not fusion.keep_output_channels(fused, [0])
 
@@ -171,12 +175,8 @@ def test_training_mode_and_untraceable_models_are_refused():
     with pytest.raises(fusion.NotFusable, match="training mode"):
         fusion.fuse_for_inference(model.train())
 
-    class Dynamic(nn.Module):
-        def forward(self, x):
-            return x * 2 if x.sum() > 0 else x  # control flow on values: fx cannot trace it
-
     with pytest.raises(fusion.NotFusable, match="cannot trace"):
-        fusion.fuse_for_inference(Dynamic().eval())
+        fusion.fuse_for_inference(_Dynamic().eval())
 
 
 def test_the_execution_option_fuses_and_falls_back_with_a_warning(caplog):
@@ -189,13 +189,9 @@ def test_the_execution_option_fuses_and_falls_back_with_a_warning(caplog):
     with pytest.raises(EmError, match="inference only"):
         execution.apply(model, ["fuse"], "cpu", mode="train")
 
-    class Dynamic(nn.Module):
-        def forward(self, x):
-            return x * 2 if x.sum() > 0 else x
-
     with pytest.raises(EmError, match="execution option 'fuse': torch.fx cannot trace"):
-        execution.apply(Dynamic().eval(), ["fuse"], "cpu", mode="infer")
-    run = execution.apply(Dynamic().eval(), ["fuse"], "cpu", mode="infer", fallback=True)
+        execution.apply(_Dynamic().eval(), ["fuse"], "cpu", mode="infer")
+    run = execution.apply(_Dynamic().eval(), ["fuse"], "cpu", mode="infer", fallback=True)
     assert not isinstance(run.model, torch.fx.GraphModule) and "running the model unfused" in caplog.text
 
 
