@@ -323,12 +323,16 @@ def test_finer_input_is_averaged_to_the_model_voxel_size_and_interpolated_back(t
 def _bad_checkpoints(folder, good):
     stranger = folder / "stranger.pt"
     torch.save({"weights": torch.zeros(2)}, stranger)
-    noise = folder / "noise.pt"
-    noise.write_bytes(os.urandom(2048))
+    # random bytes fail in different places of torch.load; fixed seeds keep the test deterministic
+    # and cover the branches: 0 unpickling error, 17 index error, 54 a reader error, 587 an odd
+    # pickle protocol torch warns about (the warning must not add a stderr line)
+    noises = {f"noise{seed}": (folder / f"noise{seed}.pt", "emtools checkpoint") for seed in (0, 17, 54, 587)}
+    for seed in (0, 17, 54, 587):
+        noises[f"noise{seed}"][0].write_bytes(np.random.default_rng(seed).bytes(2048))
     truncated = folder / "truncated.pt"
     truncated.write_bytes(open(good, "rb").read()[:3000])
     return {"stranger": (stranger, "not an emtools model checkpoint"),
-            "noise": (noise, "not an emtools checkpoint"),
+            **noises,
             "truncated": (truncated, "not a readable emtools checkpoint"),
             "missing": (folder / "none.pt", "checkpoint not found")}
 

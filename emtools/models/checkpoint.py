@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from typing import Any
 
 import torch
@@ -68,7 +69,9 @@ def read_checkpoint(path: str) -> dict[str, Any]:
     if not os.path.exists(path):
         raise EmError(f"checkpoint not found ({path})")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols in damaged files
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmError(f"not a readable emtools checkpoint (truncated or not a torch file: {first[:120]}) ({path})") from None
