@@ -269,6 +269,29 @@ def test_init_fine_tunes_with_the_checkpoints_model_and_new_heads(tmp_path, spec
     assert torch.equal(after["state_dict"]["enc.0.conv1.weight"], before["state_dict"]["enc.0.conv1.weight"])
 
 
+def test_trains_local_shape_descriptors_beside_affinities(tmp_path, specs):
+    """An lsd head learns (its loss falls) and em-predict writes its map in [0, 1]."""
+    run = tmp_path / "run"
+    lsd = ["model.heads=affinity:3,lsd:6", "targets.lsd.params={mode: 2d, sigma_nm: 24}", "targets.lsd.weight=2"]
+    result = train(*data_args(specs), *TINY, *lsd, "train.steps=30", "optim.lr=0.01", "validation.every=0",
+                   "-o", run)
+    assert result.returncode == 0, result.output
+    losses = [r["lsd.loss"] for r in map(json.loads, open(run / "metrics.jsonl")) if "lsd.loss" in r]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    payload = read_checkpoint(str(run / "last.pt"))
+    assert payload["extra"]["heads"]["lsd"] == {"kind": "lsd", "channels": 6}
+    out = tmp_path / "maps_{head}.h5"
+    predicted = run_tool("predict", run / "last.pt", specs["image"], "-o", out, "--heads", "lsd")
+    assert predicted.returncode == 0, predicted.stderr
+    maps, meta = io.read_volume(str(out).replace("{head}", "lsd"))
+    assert maps.shape[0] == 6 and 0 <= maps.min() and maps.max() <= 1 and meta.attrs["head_kind"] == "lsd"
+    assert meta.attrs["channel_names"] == ["offset_y", "offset_x", "var_yy", "var_xx", "cov_yx", "size"]
+    wrong = train(*data_args(specs), *TINY, "model.heads=affinity:3,lsd:10", "targets.lsd.params={mode: 2d}",
+                  "train.steps=1", "-o", tmp_path / "wrong")
+    assert_one_line_error(wrong, "train", "targets.lsd: head lsd: the lsd target has 6 channels but the head has 10")
+    assert not (tmp_path / "wrong").exists()
+
+
 @pytest.mark.parametrize("case,args,fragments", [
     ("name", ["--init", "fibsem-afinity"], ["neither a checkpoint file nor a shipped model",
                                             "did you mean 'fibsem-affinity'?"]),

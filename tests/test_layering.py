@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "emtools"
 TORCH_FREE = ("emtools.segment", "emtools.evaluate", "emtools.io", "emtools.tiling", "emtools.values",
               "emtools.meta", "emtools.errors", "emtools.logs", "emtools.native", "emtools.pictures",
-              "emtools.resample")
+              "emtools.resample", "emtools.shape_descriptors")
 
 
 def _modules() -> dict[str, Path]:

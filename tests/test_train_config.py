@@ -83,6 +83,8 @@ def test_unknown_keys_name_the_closest_valid_key(override, fragment):
     ("data.augment=flop", "flop"),
     ("targets.segments.weight=1", "the model has no head 'segments'"),
     ("targets.affinity.loss=mse", "'mse' does not fit a affinity head"),
+    (("model.heads=affinity:3,lsd:10", "targets.lsd.loss=bce"), "'bce' does not fit a lsd head; use mse, l1"),
+    (("model.heads=affinity:3,lsd:10", "targets.lsd.balance=class"), "balance=class is for binary heads"),
     ("model.heads=mito:1", "set targets.mito.kind"),
     ("targets.affinity.offsets=[[-1,0,0]]", "3 channels but 1 affinity offsets"),
     ("data.volumes.0.val_region=the end", "cannot read 'the end'"),
@@ -92,7 +94,7 @@ def test_unknown_keys_name_the_closest_valid_key(override, fragment):
 ])
 def test_bad_values_are_one_line_errors(override, fragment):
     with pytest.raises(EmError) as info:
-        resolved(override)
+        resolved(*(override if isinstance(override, tuple) else (override,)))
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
@@ -107,6 +109,12 @@ def test_volumes_need_an_image_and_labels_or_probabilities():
     with pytest.raises(EmError, match="pseudo_head 'boundry' is not a head"):
         cfg.load_config(None, ["data.volumes.0.image=a.h5", "data.volumes.0.probabilities=p.h5",
                                "model.heads=boundary:1", "data.volumes.0.pseudo_head=boundry"])
+
+
+def test_shape_descriptor_heads_regress_with_mse_by_default():
+    c = resolved("model.heads=affinity:3,lsd:10", "targets.lsd.weight=0.5")
+    assert c["targets"]["lsd"]["loss"] == "mse" and c["targets"]["affinity"]["loss"] == "bce"
+    assert resolved("model.heads=affinity:3,lsd:10", "targets.lsd.loss=l1")["targets"]["lsd"]["loss"] == "l1"
 
 
 def test_a_custom_head_name_routes_to_a_kind():

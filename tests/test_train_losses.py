@@ -40,8 +40,19 @@ def test_soft_dice_by_hand():
 def test_distance_losses_use_tanh_of_the_output():
     x, target = t(0.5, -1.0), t(0.0, -0.5)
     a, b = math.tanh(0.5), math.tanh(-1.0)
-    assert float(losses.mse(x, target, t(1.0, 1.0))) == pytest.approx((a**2 + (b + 0.5) ** 2) / 2, rel=1e-6)
-    assert float(losses.l1(x, target, t(1.0, 0.0))) == pytest.approx(abs(a), rel=1e-6)
+    mse = losses.head_loss(HeadTarget("d", "distance", 1, loss="mse"), x, target, t(1.0, 1.0))
+    assert float(mse) == pytest.approx((a**2 + (b + 0.5) ** 2) / 2, rel=1e-6)
+    l1 = losses.head_loss(HeadTarget("d", "distance", 1, loss="l1"), x, target, t(1.0, 0.0))
+    assert float(l1) == pytest.approx(abs(a), rel=1e-6)
+
+
+def test_shape_descriptor_losses_use_the_sigmoid_of_the_output():
+    x, target = t(0.5, -1.0), t(0.25, 0.5)
+    a, b = 1 / (1 + math.exp(-0.5)), 1 / (1 + math.exp(1.0))
+    mse = losses.head_loss(HeadTarget("l", "lsd", 1, loss="mse"), x, target, t(1.0, 1.0))
+    assert float(mse) == pytest.approx(((a - 0.25) ** 2 + (b - 0.5) ** 2) / 2, rel=1e-6)
+    l1 = losses.head_loss(HeadTarget("l", "lsd", 1, loss="l1"), x, target, t(0.0, 1.0))
+    assert float(l1) == pytest.approx(abs(b - 0.5), rel=1e-6)
 
 
 def test_cross_entropy_by_hand():

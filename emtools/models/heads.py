@@ -21,6 +21,7 @@ contour     sigmoid     [0, 1]   instance contours
 cleft       sigmoid     [0, 1]   synaptic cleft mask
 distance    tanh        [-1, 1]  signed distance: + inside objects, - outside
 semantic    softmax     [0, 1]   one channel per class (class probabilities, summing to 1)
+lsd         sigmoid     [0, 1]   local shape descriptors (emtools.shape_descriptors), 10 or 6 (2D)
 ==========  ==========  =======  ==================================================================
 
 Affinity offsets follow the project's convention: nearest-neighbour channel c links a voxel to
@@ -43,6 +44,7 @@ ACTIVATIONS = {
     "cleft": "sigmoid",
     "distance": "tanh",
     "semantic": "softmax",
+    "lsd": "sigmoid",
 }
 VALUE_RANGES = {"sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0), "softmax": (0.0, 1.0)}
 NEAREST_OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))

@@ -22,6 +22,7 @@ import numpy as np
 from emtools.errors import EmError
 from emtools.io.specs import H5_SUFFIXES, SLICE_SUFFIXES, is_glob, output_file, split_h5_spec, split_region
 from emtools.meta import Metadata
+from emtools.shape_descriptors import channel_names, lsd_channels
 from emtools.predict import OUTPUT_DTYPES
 from emtools.tiling.chunk_files import CHUNK_ATTRS
 
@@ -76,6 +77,9 @@ def output_metadata(input_meta: Metadata, selection: "Selection", dtype: str, re
                  value_range=list(head.value_range), channels=list(selection.channels), dtype=dtype)
     if head.kind == "affinity":
         attrs["affinity_offsets"] = selection.offsets
+    if head.kind == "lsd" and head.channels in (lsd_channels("3d"), lsd_channels("2d")):
+        names = channel_names("3d" if head.channels == lsd_channels("3d") else "2d")
+        attrs["channel_names"] = [names[c] for c in selection.channels]
     return Metadata(axes=output_axes(selection), offset_nm=input_meta.offset_nm,
                     voxel_size_nm=input_meta.voxel_size_nm, provenance=input_meta.provenance + (record,), attrs=attrs)
 

@@ -42,7 +42,7 @@ from emtools import values
 from emtools.errors import EmError
 from emtools.models.heads import head_spec
 from emtools.models.spec import spec_from_dict
-from emtools.train.schema import DEFAULT_LOSS, KINDS, LOSSES, SCHEMA, TARGET, VOLUME, Field, convert
+from emtools.train.schema import DEFAULT_LOSS, KIND_DEFAULT_LOSS, KIND_LOSSES, KINDS, LOSSES, SCHEMA, TARGET, VOLUME, Field, convert
 
 
 # ----------------------------------------------------------------------------- files and overrides
@@ -207,14 +207,15 @@ def _targets(raw: Any, model_heads: Sequence[tuple[str, int]]) -> dict[str, dict
         elif entry["offsets"] is not None:
             raise EmError(f"targets.{name}.offsets is only for affinity heads")
         activation = described.activation
+        allowed = KIND_LOSSES.get(entry["kind"], LOSSES[activation])
         if entry["loss"] == "auto":
-            entry["loss"] = DEFAULT_LOSS[activation]
+            entry["loss"] = KIND_DEFAULT_LOSS.get(entry["kind"], DEFAULT_LOSS[activation])
         parts = entry["loss"].split("+")
         for part in parts:
-            if part not in LOSSES[activation]:
+            if part not in allowed:
                 raise EmError(f"targets.{name}.loss: '{part}' does not fit a {entry['kind']} head; "
-                              f"use {', '.join(LOSSES[activation])}")
-        if entry["kind"] == "semantic" and entry["balance"] == "class":
+                              f"use {', '.join(allowed)}")
+        if entry["kind"] in ("semantic", "lsd") and entry["balance"] == "class":
             raise EmError(f"targets.{name}.balance=class is for binary heads")
         out[name] = entry
     return out

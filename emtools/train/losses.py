@@ -8,7 +8,8 @@ masked, outside the volume after augmentation; else class-balance x border weigh
 - ``bce``: binary cross-entropy with logits (sigmoid heads).
 - ``dice``: soft Dice, ``1 - (2 sum(w p t) + 1) / (sum(w p) + sum(w t) + 1)`` with ``p`` the
   sigmoid (or, for semantic heads, the softmax per class, averaged over the classes).
-- ``mse``, ``l1``: on ``tanh`` of the output, against the [-1, 1] distance target.
+- ``mse``, ``l1``: on the head's activation of the output (``tanh`` for the [-1, 1] distance
+  target, ``sigmoid`` for the [0, 1] local shape descriptors).
 - ``ce``: cross-entropy of the softmax over a semantic head's channels; the target holds class
   indices (as float) in one channel.
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from emtools.errors import EmError
+from emtools.models.heads import ACTIVATIONS
 from emtools.train.sampling import HeadTarget
 
 SMOOTH = 1.0
@@ -42,12 +44,16 @@ def soft_dice(prob: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) ->
     return 1.0 - (2.0 * overlap + SMOOTH) / ((weight * prob).sum() + (weight * target).sum() + SMOOTH)
 
 
-def mse(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return weighted_mean((torch.tanh(logits) - target).square(), weight)
+def mse(values: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return weighted_mean((values - target).square(), weight)
 
 
-def l1(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return weighted_mean((torch.tanh(logits) - target).abs(), weight)
+def l1(values: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return weighted_mean((values - target).abs(), weight)
+
+
+def _activated(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits) if ACTIVATIONS[kind] == "sigmoid" else torch.tanh(logits)
 
 
 def _classes(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -83,9 +89,9 @@ def head_loss(head: HeadTarget, logits: torch.Tensor, target: torch.Tensor, weig
             else:
                 total = total + soft_dice(torch.sigmoid(logits), target, weight)
         elif part == "mse":
-            total = total + mse(logits, target, weight)
+            total = total + mse(_activated(head.kind, logits), target, weight)
         elif part == "l1":
-            total = total + l1(logits, target, weight)
+            total = total + l1(_activated(head.kind, logits), target, weight)
         elif part == "ce":
             total = total + cross_entropy(logits, target, weight)
         else:

@@ -23,6 +23,9 @@ LOSSES = {  # which losses each kind of head may use ("+" combines them, summed)
     "softmax": ("ce", "dice"),
 }
 DEFAULT_LOSS = {"sigmoid": "bce", "tanh": "mse", "softmax": "ce"}
+# kinds whose targets are not binary regress their sigmoid output instead
+KIND_LOSSES = {"lsd": ("mse", "l1")}
+KIND_DEFAULT_LOSS = {"lsd": "mse"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +68,8 @@ TARGET = {
     "offsets": _f("offsets", None, "affinity offsets [[dz,dy,dx],...] (default nearest neighbours)",
                   optional=True),
     "params": _f("params", {}, "extra parameters of emtools.targets.build_target for this kind"),
-    "loss": _f("str", "auto", "bce, dice, bce+dice (sigmoid heads); mse, l1 (distance); ce, ce+dice "
-               "(semantic); auto picks bce / mse / ce"),
+    "loss": _f("str", "auto", "bce, dice, bce+dice (sigmoid heads); mse, l1 (distance, lsd); ce, ce+dice "
+               "(semantic); auto picks bce / mse / ce (mse for lsd)"),
     "weight": _f("float", 1.0, "weight of this head's loss in the sum", minimum=0.0),
     "balance": _f("choice", "none", "class: weight voxels by inverse class frequency",
                   choices=("none", "class")),
