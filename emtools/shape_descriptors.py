@@ -165,10 +165,8 @@ def _objects(labels, axes, factors, reach, kernels, sigma_nm, window_mass) -> np
         inside = dense[grown] == index
         coarse = _pool(inside, factors)
         described = _describe(_moments(coarse, kernels, axes), axes, sigma_nm, window_mass)
-        # back to the voxel grid: each voxel takes its coarse voxel's descriptors
-        for a, f in enumerate(factors):
-            if f > 1:
-                described = np.repeat(described, f, axis=a + 1)[(slice(None),) * (a + 1) + (slice(0, inside.shape[a]),)]
+        # back to the voxel grid: each of the object's voxels takes its coarse voxel's descriptors
+        at = np.nonzero(inside)
         view = out[(slice(None),) + grown]
-        view[:, inside] = described[:, inside]
+        view[(slice(None),) + at] = described[(slice(None),) + tuple(i // f for i, f in zip(at, factors))]
     return out
