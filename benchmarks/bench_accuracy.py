@@ -2,7 +2,7 @@
 tools exactly as a user runs them, on held-out blocks of real volumes, with the time of every stage.
 
     python benchmarks/bench_accuracy.py [--quick] [--only fib25,gala,isbi,vnc,lucchi]
-                                        [--variants recipe,scratch,previous] [--budget-min 30]
+                                        [--variants recipe,scratch,previous,lsd] [--budget-min 30]
                                         [--steps N] [--threads 2] [--out DIR] [--json results.json]
                                         [--pretrained NAME|CHECKPOINT] [--mito-config FILE]
 
@@ -16,7 +16,9 @@ em-agglomerate and em-eval. The last checkpoint (last.pt) is always scored: vali
 (1) fib25: FIB-25 fly medulla (FIB-SEM, 10 nm), train z 0-99, score z 100-149. Variants, each
     with the same budget: "recipe (pretrained + fine-tune)" (em-train --init PRETRAINED with the
     fine-tuning config), "recipe from scratch" (the pretraining config) and "previous example"
-    (examples/train_gala.yaml, the config a user had before the recipe, on the same data). Then
+    (examples/train_gala.yaml, the config a user had before the recipe, on the same data); on
+    request (--variants ...,lsd) "recipe + LSD head": the recipe with a local-shape-descriptor head
+    (LSD_HEAD) beside the pretrained model's heads (README: no gain in 30 minutes here). Then
     em-predict --heads affinity RECIPE_TTA, em-watershed (defaults), em-agglomerate segment over THRESHOLDS,
     em-eval on all of them: VOI split/merge/total and adapted Rand error at RECIPE_THRESHOLD (the
     recipe's fixed setting) and the best of the sweep ("oracle": chosen on the held-out block, an
@@ -97,7 +99,9 @@ GALA_RECIPE_PATCH = "24,96,96"
 QUICK_STEPS = 4
 MAX_STEPS = 100000  # with a time budget the steps are only a cap
 VARIANTS = {"recipe": "recipe (pretrained + fine-tune)", "scratch": "recipe from scratch",
-            "previous": "previous example"}
+            "previous": "previous example", "lsd": "recipe + LSD head"}
+DEFAULT_VARIANTS = ("recipe", "scratch", "previous")
+LSD_HEAD = ("lsd:10", "targets.lsd.params={sigma_nm: 80}")  # the "lsd" variant's extra head and its window
 PARTS = ("fib25", "gala", "isbi", "vnc", "lucchi")
 ENV: dict[str, str] = {}
 THREADS = 2
@@ -296,8 +300,25 @@ def neuron_variants(chosen: list[str], pretrained: str) -> dict:
         f"no fine-tuning config ({', '.join(FINETUNE_CONFIGS)})",
         "scratch": ["--config", pretrain] if pretrain else f"no pretraining config ({', '.join(PRETRAIN_CONFIGS)})",
         "previous": ["--config", PREVIOUS_CONFIG] if (ROOT / PREVIOUS_CONFIG).exists() else f"no {PREVIOUS_CONFIG}",
+        "lsd": lsd_variant(pretrained, finetune) if "lsd" in chosen else "",
     }
     return {key: (VARIANTS[key], table[key]) for key in chosen}
+
+
+def lsd_variant(pretrained: str, finetune: str | None) -> list[str] | str:
+    """The recipe with a local-shape-descriptor head beside the pretrained model's heads."""
+    from emtools.errors import EmError
+    from emtools.models import pretrained as shipped
+    from emtools.models.checkpoint import read_checkpoint, saved_spec
+
+    if not finetune:
+        return f"no fine-tuning config ({', '.join(FINETUNE_CONFIGS)})"
+    try:
+        heads = saved_spec(read_checkpoint(shipped.resolve(pretrained))).get("heads") or {}
+    except EmError as exc:
+        return str(exc)
+    named = ",".join(f"{name}:{channels}" for name, channels in dict(heads).items())
+    return ["--init", pretrained, "--config", finetune, f"model.heads={named},{LSD_HEAD[0]}", LSD_HEAD[1]]
 
 
 def bench_neuron(part: str, title: str, volume: list[str], image_spec: str, gt_spec: str, voxel_size_nm,
@@ -317,7 +338,7 @@ def bench_neuron(part: str, title: str, volume: list[str], image_spec: str, gt_s
         say(f"{part}/{key}: {' '.join(base)}")
         record = {"label": label, "command": base}
         try:
-            extra = list(recipe_overrides) if key in ("recipe", "scratch") else []
+            extra = list(recipe_overrides) if key in ("recipe", "scratch", "lsd") else []
             record.update(train([*base, *volume, *extra], out / key / "run", args.budget_min * 60, args.steps, args.quick))
             folder = fresh(out / key / "predict")
             record["rows"] = neuron_pipeline(record["checkpoint"], image, gt, folder)
@@ -605,7 +626,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps per variant and small held-out "
                         "crops: proves the pipeline")
     parser.add_argument("--only", default=",".join(PARTS), help="comma list of parts")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="fib25, gala: comma list of variants")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"fib25, gala: comma list of variants ({', '.join(VARIANTS)})")
     parser.add_argument("--out", default=str(ROOT / "bench-out"), help="runs and volumes go to OUT/accuracy")
     parser.add_argument("--budget-min", type=float, default=30.0, help="em-train minutes per variant")
     parser.add_argument("--steps", type=int, default=None, help="train this many steps (no time budget)")

@@ -38,6 +38,8 @@ from itertools import combinations
 import numpy as np
 from scipy import ndimage
 
+from emtools.errors import EmError
+
 __all__ = ["channel_names", "lsd_channels", "local_shape_descriptors"]
 
 TRUNCATE = 3.0  # the window reaches 3 sigma (99.7% of a 1D Gaussian's mass)
@@ -47,10 +49,14 @@ def _axes(mode: str) -> tuple[int, ...]:
     return (0, 1, 2) if mode == "3d" else (1, 2)
 
 
+def _channels(n: int) -> int:
+    """n mean offsets, n variances, n(n-1)/2 covariances and the size, for n axes."""
+    return n + n + n * (n - 1) // 2 + 1
+
+
 def lsd_channels(mode: str = "3d") -> int:
     """10 in 3D, 6 per section (2d)."""
-    n = len(_axes(mode))
-    return n + n + n * (n - 1) // 2 + 1
+    return _channels(len(_axes(mode)))
 
 
 def channel_names(mode: str = "3d") -> list[str]:
@@ -133,6 +139,9 @@ def local_shape_descriptors(labels: np.ndarray, sigma_nm: float, voxel_size_nm=(
     ``mode`` "3d" or "2d" (per section, for anisotropic stacks); ``downsample`` the largest
     coarsening per axis (1 = exact on the voxel grid)."""
     labels = np.asarray(labels)
+    if mode not in ("2d", "3d") or not sigma_nm > 0 or int(downsample) < 1 or labels.ndim != 3:
+        raise EmError(f"local shape descriptors need 3D labels, mode 2d or 3d, sigma_nm > 0 and downsample >= 1 "
+                      f"(got {labels.ndim}D, {mode!r}, {sigma_nm!r}, {downsample!r})")
     axes = _axes(mode)
     voxel = tuple(float(v) for v in voxel_size_nm)
     factors = _factors(voxel, sigma_nm, downsample, axes)
@@ -151,7 +160,7 @@ def local_shape_descriptors(labels: np.ndarray, sigma_nm: float, voxel_size_nm=(
 def _objects(labels, axes, factors, reach, kernels, sigma_nm, window_mass) -> np.ndarray:
     import fastremap
 
-    out = np.zeros((len(kernels) * 2 + len(axes) * (len(axes) - 1) // 2 + 1,) + labels.shape, np.float32)
+    out = np.zeros((_channels(len(axes)),) + labels.shape, np.float32)
     dense, _ = fastremap.renumber(np.ascontiguousarray(labels), in_place=False, preserve_zero=True)
     for index, box in enumerate(ndimage.find_objects(dense), start=1):
         if box is None:

@@ -21,8 +21,8 @@ semantic    1   the class index (as float; the loader casts to long for cross-en
 lsd         10  local shape descriptors in [0, 1] (:mod:`emtools.shape_descriptors`); 6 with mode 2d
 ==========  ==  ====================================================================================
 
-``mode`` ("2d", the default, or "3d"; ``lsd`` defaults to "3d") says whether neighbourhoods and distances stay within a
-section (anisotropic ssTEM) or extend in 3D. Distances are in units of the finest voxel axis,
+``mode`` ("2d", the default, or "3d"; ``lsd`` defaults to "3d") says whether neighbourhoods and
+distances stay within a section (anisotropic ssTEM) or extend in 3D. Distances are in units of the finest voxel axis,
 anisotropic by ``voxel_size_nm``. The volume border is never treated as an object border.
 """
 
@@ -50,7 +50,7 @@ _PARAMS: dict[str, dict[str, Any]] = {
     "distance": {"alpha": 8.0, "beta": 50.0, "mode": "2d"},
     "cleft": {"dilate": 0.0, "mode": "2d"},
     "semantic": {"classes": None},
-    # Sheridan et al. 2022 used an 80 nm window on 8 nm FIB-SEM; downsample: see shape_descriptors
+    # an 80 nm window: about the radius of a fine fly neurite; downsample: see shape_descriptors
     "lsd": {"sigma_nm": 80.0, "mode": "3d", "downsample": 2},
 }
 

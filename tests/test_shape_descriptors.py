@@ -125,3 +125,11 @@ def test_the_lsd_target_kind():
 def test_bad_lsd_parameters_are_one_line_errors(params, fragment):
     with pytest.raises(EmError, match=fragment):
         targets.build_target("lsd", blobs(), **params)
+
+
+def test_the_library_function_refuses_what_it_cannot_describe():
+    for kwargs in ({"mode": "4d"}, {"sigma_nm": -1.0}, {"downsample": 0}):
+        with pytest.raises(EmError, match="local shape descriptors need"):
+            local_shape_descriptors(blobs(), **{"sigma_nm": 25.0, **kwargs})
+    with pytest.raises(EmError, match="got 2D"):
+        local_shape_descriptors(blobs()[0], 25.0)

@@ -33,10 +33,11 @@ the closest valid one. --print-config shows every key with its value.
 Each head of the model learns a target (targets.HEAD.kind: affinity, boundary, foreground,
 contour, cleft, distance, semantic, lsd), computed from the labels after augmentation, with
 its loss (bce, dice, bce+dice; mse or l1 on tanh for distances and on the sigmoid for lsd,
-the local shape descriptors; ce for semantic) and weight. Crops are drawn outside each volume's val_region ('last 5 z', 'z0:z1,y0:y1,x0:x1',
-'all'); the model is validated there every validation.every steps by a sliding window:
-losses, adapted Rand / VOI of a quick watershed for affinity and boundary heads, voxel
-precision / recall / F1 for foreground-like heads. best.pt keeps the best. A volume may
+the local shape descriptors; ce for semantic) and weight. Crops are drawn outside each
+volume's val_region ('last 5 z', 'z0:z1,y0:y1,x0:x1', 'all'); the model is validated
+there every validation.every steps by a sliding window: losses, adapted Rand / VOI of a
+quick watershed for affinity and boundary heads, voxel precision / recall / F1 for
+foreground-like heads. best.pt keeps the best. A volume may
 carry a predicted probability map (probabilities:) instead of labels: its confident voxels
 train one head (self-training; examples/self_training.md).
 
